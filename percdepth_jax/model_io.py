@@ -1,0 +1,152 @@
+"""Model directories: a model's config and weights, written atomically.
+
+Layout of a model directory (what weight conversion writes and what
+`load_model` reads):
+
+  DIR/model.json   {"format": "percdepth_jax.model", "version": 1,
+                    "kind": "depth_net" | "densenet" | "resnet50",
+                    "config": {...}, "source": {...}}
+  DIR/state/       Orbax checkpoint of the parameters and BatchNorm statistics
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from percdepth_jax.errors import UserInputError
+from percdepth_jax.models import DenseNet, DepthNet, ModelConfig, ResNet50
+
+FORMAT = "percdepth_jax.model"
+VERSION = 1
+MODEL_JSON = "model.json"
+STATE_DIR = "state"
+
+
+def build_module(kind: str, config: dict[str, Any], *, seed: int = 0,
+                 abstract: bool = False) -> nnx.Module:
+  """Builds the module a model directory describes.
+
+  abstract=True returns shapes only (no random init, no memory): the fast way
+  to get a skeleton that converted or restored weights will fill.
+  """
+  if kind == "depth_net":
+    model_config = ModelConfig.from_dict(config)
+    make = lambda: DepthNet(model_config, rngs=nnx.Rngs(seed))
+  elif kind == "densenet":
+    make = lambda: DenseNet(config["arch"], num_classes=config.get("num_classes"),
+                            rngs=nnx.Rngs(seed))
+  elif kind == "resnet50":
+    make = lambda: ResNet50(last_stage=config.get("last_stage", "layer4"),
+                            num_classes=config.get("num_classes"),
+                            rngs=nnx.Rngs(seed))
+  else:
+    raise UserInputError(f"unknown model kind {kind!r} (expected depth_net, "
+                         "densenet or resnet50).")
+  return nnx.eval_shape(make) if abstract else make()
+
+
+def fill_module(abstract_module: nnx.Module,
+                arrays: dict[tuple[str, ...], np.ndarray]) -> nnx.Module:
+  """Replaces every variable of an abstract module with the given arrays."""
+  graphdef, state = nnx.split(abstract_module)
+  flat = dict(nnx.to_flat_state(state))
+  missing = sorted(".".join(p) for p in flat if p not in arrays)
+  if missing:
+    raise ValueError(f"no array for {missing[:10]} ({len(missing)} in all)")
+  for path, variable in flat.items():
+    variable.set_value(jax.numpy.asarray(arrays[path], variable.value.dtype))
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def save_model(module: nnx.Module, directory: str | os.PathLike, *, kind: str,
+               config: dict[str, Any], source: dict[str, Any] | None = None) -> None:
+  """Writes `module` as a model directory; the directory appears complete or not at all."""
+  directory = pathlib.Path(directory).absolute()
+  if directory.exists() and any(directory.iterdir()):
+    raise UserInputError(
+        f"output directory {directory} exists and is not empty; choose a new "
+        "path or delete it first (nothing was written).")
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+  try:
+    state = nnx.to_pure_dict(nnx.state(module))
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(tmp / STATE_DIR, state)
+      checkpointer.wait_until_finished()
+    meta = {"format": FORMAT, "version": VERSION, "kind": kind,
+            "config": config, "source": source or {}}
+    (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    if directory.exists():
+      directory.rmdir()
+    tmp.rename(directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
+  path = pathlib.Path(directory) / MODEL_JSON
+  if not path.is_file():
+    raise UserInputError(
+        f"{directory} is not a model directory: {MODEL_JSON} is missing. Pass "
+        "a directory written by `python -m weights_conversion ...` or a "
+        "training workdir.")
+  try:
+    meta = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise UserInputError(f"{path} is not valid JSON ({e}); the model "
+                         "directory is corrupt, convert the weights again.") from e
+  if meta.get("format") != FORMAT or "kind" not in meta or "config" not in meta:
+    raise UserInputError(f"{path} does not describe a percdepth_jax model "
+                         f"(format {meta.get('format')!r}).")
+  if meta.get("version", 0) > VERSION:
+    raise UserInputError(f"{path} has format version {meta['version']}, newer "
+                         f"than this code's {VERSION}; update percdepth_jax.")
+  return meta
+
+
+def load_model(path: str | os.PathLike, *, expect_kind: str | None = "depth_net"
+               ) -> nnx.Module:
+  """Loads a model directory (converted weights) in eval mode.
+
+  Args:
+    path: a directory written by weight conversion (or `save_model`).
+    expect_kind: refuse a directory holding another kind of model (for
+      example an ImageNet DenseNet where a depth model is needed); None
+      accepts any kind.
+  """
+  directory = pathlib.Path(path).absolute()
+  if not directory.exists():
+    raise UserInputError(f"model path {path} does not exist.")
+  meta = read_model_json(directory)
+  if expect_kind is not None and meta["kind"] != expect_kind:
+    raise UserInputError(
+        f"{path} holds a {meta['kind']} model, not a {expect_kind}: "
+        + ("convert a depth model with `python -m weights_conversion "
+           "densedepth ...`." if expect_kind == "depth_net" else
+           "pass the matching model directory."))
+  abstract = build_module(meta["kind"], meta["config"], abstract=True)
+  target = nnx.to_pure_dict(nnx.state(abstract))
+  target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), target)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(directory / STATE_DIR, target)
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    raise UserInputError(
+        f"cannot read the weights in {directory / STATE_DIR} for a "
+        f"{meta['kind']} with config {meta['config']}: {e}") from e
+  graphdef, state = nnx.split(abstract)
+  nnx.replace_by_pure_dict(state, restored)
+  module = nnx.merge(graphdef, state)
+  module.eval()
+  return module

@@ -1,0 +1,174 @@
+"""Building blocks that reproduce PyTorch's layers exactly, in NHWC.
+
+Parameter names mirror PyTorch modules (a conv's weight is `kernel`, a
+BatchNorm's weight is `scale`), so weight conversion is a table, not guesswork.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# PyTorch's default init for conv/linear weights is kaiming_uniform(a=sqrt(5)),
+# i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) = variance_scaling(1/3, fan_in, uniform).
+_TORCH_DEFAULT_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class Conv2d(nnx.Module):
+  """`torch.nn.Conv2d` in NHWC with HWIO kernels and explicit symmetric padding.
+
+  1x1 convolutions run as an `einsum` matrix product: XLA then computes their
+  weight gradients as a matmul instead of a whole-feature-map convolution,
+  which is several times faster on CPU (DESIGN.md section 8).
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
+               stride: int = 1, padding: int = 0, use_bias: bool = True,
+               dtype: jnp.dtype = jnp.float32,
+               kernel_init=_TORCH_DEFAULT_INIT, bias_init=None,
+               rngs: nnx.Rngs):
+    self.in_features = in_features
+    self.out_features = out_features
+    self.kernel_size = kernel_size
+    self.stride = stride
+    self.padding = padding
+    self.dtype = dtype
+    shape = (kernel_size, kernel_size, in_features, out_features)
+    self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+    if use_bias and bias_init is not None:
+      self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32))
+    elif use_bias:  # PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+      bound = 1.0 / np.sqrt(in_features * kernel_size * kernel_size)
+      self.bias = nnx.Param(jax.random.uniform(
+          rngs.params(), (out_features,), jnp.float32, -bound, bound))
+    else:
+      self.bias = None
+
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    x = x_BxHxWxC.astype(self.dtype)
+    kernel = self.kernel[...].astype(self.dtype)
+    if self.kernel_size == 1 and self.padding == 0:
+      if self.stride > 1:
+        x = x[:, ::self.stride, ::self.stride, :]
+      y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+    else:
+      p = self.padding
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(self.stride, self.stride),
+          padding=((p, p), (p, p)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class Linear(nnx.Module):
+  """`torch.nn.Linear` with an (in, out) kernel."""
+
+  def __init__(self, in_features: int, out_features: int, *,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.kernel = nnx.Param(_TORCH_DEFAULT_INIT(
+        rngs.params(), (in_features, out_features), jnp.float32))
+    bound = 1.0 / np.sqrt(in_features)
+    self.bias = nnx.Param(jax.random.uniform(
+        rngs.params(), (out_features,), jnp.float32, -bound, bound))
+
+  def __call__(self, x_BxC: jax.Array) -> jax.Array:
+    y = x_BxC.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+    return y + self.bias[...].astype(self.dtype)
+
+
+class BatchNorm2d(nnx.Module):
+  """`torch.nn.BatchNorm2d` (eps 1e-5, momentum 0.1 in PyTorch's convention).
+
+  `nnx.BatchNorm` updates the running variance with the biased batch variance;
+  PyTorch uses the unbiased one (n / (n - 1)). This layer follows PyTorch so
+  that a model trained here and one trained there have the same statistics.
+  Statistics are computed in float32 whatever the compute dtype. Under `jit`
+  with a batch-sharded input the batch mean is over the global batch.
+  """
+
+  def __init__(self, num_features: int, *, eps: float = 1e-5,
+               momentum: float = 0.1, dtype: jnp.dtype = jnp.float32,
+               use_running_average: bool = False):
+    self.eps = eps
+    self.momentum = momentum
+    self.dtype = dtype
+    self.use_running_average = use_running_average
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    x = x_BxHxWxC.astype(jnp.float32)
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      mean = jnp.mean(x, axis=(0, 1, 2))
+      var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+      n = x.shape[0] * x.shape[1] * x.shape[2]
+      unbiased_var = var * (n / max(n - 1, 1))
+      m = self.momentum
+      self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+      self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased_var)
+    # Fold normalisation and affine into one multiply-add per element.
+    mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)
+    add = self.bias[...] - mean * mul
+    return (x * mul + add).astype(self.dtype)
+
+
+def max_pool_3x3_s2_p1(x_BxHxWxC: jax.Array) -> jax.Array:
+  """`nn.MaxPool2d(3, stride=2, padding=1)`: pad with -inf, then a VALID pool.
+
+  Explicit -inf padding keeps the result exact in every backend and in ONNX
+  export (DESIGN.md section 8).
+  """
+  x = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)),
+              constant_values=-jnp.inf)
+  return nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
+
+
+def avg_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
+  """`nn.AvgPool2d(2, stride=2)` (floors odd sizes, like PyTorch)."""
+  return nnx.avg_pool(x_BxHxWxC, window_shape=(2, 2), strides=(2, 2),
+                      padding="VALID")
+
+
+@functools.lru_cache(maxsize=None)
+def _align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """Interpolation matrix (out_size, in_size) of 1-D linear align_corners=True."""
+  if out_size == 1:
+    src = np.zeros((1,), np.float64)
+  else:
+    src = np.arange(out_size, dtype=np.float64) * ((in_size - 1) / (out_size - 1))
+  lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  matrix = np.zeros((out_size, in_size), np.float64)
+  rows = np.arange(out_size)
+  np.add.at(matrix, (rows, lo), 1.0 - frac)
+  np.add.at(matrix, (rows, hi), frac)
+  return matrix.astype(np.float32)
+
+
+def resize_bilinear_align_corners(x_BxHxWxC: jax.Array, height: int,
+                                  width: int) -> jax.Array:
+  """Bilinear resize with PyTorch's `align_corners=True` semantics.
+
+  `jax.image.resize` cannot express align_corners, so this applies two
+  separable interpolation matrices built in NumPy from the static shapes.
+  """
+  _, in_h, in_w, _ = x_BxHxWxC.shape
+  if (in_h, in_w) == (height, width):
+    return x_BxHxWxC
+  dtype = x_BxHxWxC.dtype
+  rows_HxI = jnp.asarray(_align_corners_matrix(in_h, height), dtype)
+  cols_WxJ = jnp.asarray(_align_corners_matrix(in_w, width), dtype)
+  y = jnp.einsum("hi,bijc->bhjc", rows_HxI, x_BxHxWxC)
+  return jnp.einsum("wj,bhjc->bhwc", cols_WxJ, y)
