@@ -64,7 +64,7 @@ def fill_module(abstract_module: nnx.Module,
   if missing:
     raise ValueError(f"no array for {missing[:10]} ({len(missing)} in all)")
   for path, variable in flat.items():
-    variable.set_value(jax.numpy.asarray(arrays[path], variable.value.dtype))
+    variable.set_value(jax.numpy.asarray(arrays[path], variable.get_value().dtype))
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

@@ -50,8 +50,8 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], abstract: nnx.Module,
       continue
     used.add(key)
     array = to_flax_layout(path[-1], state_dict[key])
-    if array.shape != tuple(variable.value.shape):
-      expected = to_torch_layout(path[-1], np.empty(variable.value.shape, np.int8)).shape
+    if array.shape != tuple(variable.get_value().shape):
+      expected = to_torch_layout(path[-1], np.empty(variable.get_value().shape, np.int8)).shape
       mismatched.append(f"{key}: {tuple(state_dict[key].shape)} in the file, "
                         f"model expects {tuple(expected)}")
       continue

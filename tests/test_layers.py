@@ -1,0 +1,69 @@
+"""Layer-level checks against PyTorch: resizing, BatchNorm (train mode), pooling."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flax import nnx
+
+from percdepth_jax.models.layers import (BatchNorm2d, Conv2d, avg_pool_2x2,
+                                         max_pool_3x3_s2_p1,
+                                         resize_bilinear_align_corners)
+from tests.conftest import nchw, nhwc
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((3, 5), (6, 10)), ((7, 9), (14, 18)),
+                                          ((8, 12), (5, 7)), ((1, 4), (3, 8)),
+                                          ((6, 6), (6, 6))])
+def test_resize_matches_torch_align_corners(in_hw, out_hw):
+  """Bilinear resize equals F.interpolate(mode='bilinear', align_corners=True)."""
+  x = np.random.RandomState(0).randn(2, *in_hw, 3).astype(np.float32)
+  expected = nhwc(F.interpolate(nchw(x), size=out_hw, mode="bilinear", align_corners=True))
+  actual = np.asarray(resize_bilinear_align_corners(jnp.asarray(x), *out_hw))
+  np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_resize_closed_form_corners_and_midpoint():
+  """Align-corners keeps corner values; a 2->3 resize puts the mean in the middle."""
+  x = jnp.asarray([[1.0, 3.0]]).reshape(1, 1, 2, 1)
+  y = np.asarray(resize_bilinear_align_corners(x, 1, 3))[0, 0, :, 0]
+  np.testing.assert_allclose(y, [1.0, 2.0, 3.0], atol=1e-7)
+
+
+def test_batchnorm_train_mode_matches_torch():
+  """Training-mode output and running-stat update (momentum 0.1, unbiased
+  running variance) equal torch.nn.BatchNorm2d's over two steps."""
+  rng = np.random.RandomState(1)
+  torch_bn = torch.nn.BatchNorm2d(4).train()
+  bn = BatchNorm2d(4)
+  for _ in range(2):
+    x = (3.0 * rng.randn(2, 5, 3, 4) + 1.5).astype(np.float32)
+    expected = nhwc(torch_bn(nchw(x)))
+    actual = np.asarray(bn(jnp.asarray(x)))
+    np.testing.assert_allclose(actual, expected, atol=2e-5)
+  np.testing.assert_allclose(bn.mean[...], torch_bn.running_mean.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(bn.var[...], torch_bn.running_var.numpy(), rtol=1e-5)
+
+
+def test_pools_match_torch_on_odd_sizes():
+  """Max-pool 3/2/1 and avg-pool 2/2 agree with PyTorch, odd sizes included."""
+  x = np.random.RandomState(2).randn(1, 9, 7, 2).astype(np.float32)
+  np.testing.assert_allclose(
+      np.asarray(max_pool_3x3_s2_p1(jnp.asarray(x))),
+      nhwc(F.max_pool2d(nchw(x), 3, stride=2, padding=1)), atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(avg_pool_2x2(jnp.asarray(x))),
+      nhwc(F.avg_pool2d(nchw(x), 2, stride=2)), atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(1, 1, 0), (1, 2, 0), (3, 1, 1), (7, 2, 3)])
+def test_conv_matches_torch(kernel, stride, padding):
+  """Conv2d (einsum path for 1x1, lax conv otherwise) equals torch's conv2d."""
+  rng = np.random.RandomState(3)
+  x = rng.randn(2, 11, 10, 5).astype(np.float32)
+  conv = Conv2d(5, 6, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))
+  weight = torch.from_numpy(np.transpose(np.asarray(conv.kernel[...]), (3, 2, 0, 1)).copy())
+  bias = torch.from_numpy(np.array(conv.bias[...]))
+  expected = nhwc(F.conv2d(nchw(x), weight, bias, stride=stride, padding=padding))
+  np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x))), expected, atol=1e-5)
