@@ -15,7 +15,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEPTH_NORM_SCALE = 10.0
 
 _CHOICES = {
-    "encoder": ("densenet121", "densenet161", "densenet169", "densenet201"),
+    "encoder": ("densenet121", "densenet161", "densenet169", "densenet201",
+                "densenet_tiny"),
     "input_norm": ("imagenet", "unit"),
     "target": ("depth_norm", "metres"),
     "output_stride": (1, 2),
@@ -27,7 +28,8 @@ _CHOICES = {
 class ModelConfig:
   """Fields of DESIGN.md section 2.
 
-  encoder: DenseNet variant of the encoder.
+  encoder: DenseNet variant of the encoder (densenet_tiny: a toy size for
+    tests and smoke runs only).
   decoder_width: F = int(C * decoder_width), C = the encoder's norm5 width.
   input_norm: "imagenet" ((x/255 - mean)/std, torchvision weights) or "unit"
     (x/255, DenseDepth checkpoints).

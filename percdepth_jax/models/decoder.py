@@ -10,8 +10,7 @@ from percdepth_jax.models.layers import Conv2d, resize_bilinear_align_corners
 
 # The paper initialises the decoder like Keras (DenseDepth): Glorot-uniform
 # kernels, zero biases. Converted checkpoints overwrite these anyway.
-_GLOROT = dict(kernel_init=nnx.initializers.glorot_uniform(),
-               bias_init=nnx.initializers.zeros_init())
+_GLOROT = dict(init="glorot")
 
 # Skip features in the order the decoder consumes them (deepest first).
 SKIPS = ("transition2", "transition1", "pool0", "relu0")

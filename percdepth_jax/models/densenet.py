@@ -47,6 +47,9 @@ DENSENET_SPECS = {
     "densenet161": DenseNetSpec(48, (6, 12, 36, 24), 96),
     "densenet169": DenseNetSpec(32, (6, 12, 32, 32), 64),
     "densenet201": DenseNetSpec(32, (6, 12, 48, 32), 64),
+    # Not an ImageNet architecture: the same code at toy size, so that tests
+    # and smoke runs of the training loop compile in seconds on a CPU.
+    "densenet_tiny": DenseNetSpec(8, (1, 1, 1, 1), 16, bn_size=2),
 }
 
 
@@ -61,10 +64,18 @@ class DenseLayer(nnx.Module):
     self.norm2 = BatchNorm2d(width, dtype=dtype)
     self.conv2 = Conv2d(width, growth_rate, 3, padding=1, use_bias=False,
                         dtype=dtype, rngs=rngs)
+    # Recompute this layer's activations in the backward pass instead of
+    # storing them (set by `set_remat`): memory for larger batches.
+    self.remat = False
 
-  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+  def _forward(self, x_BxHxWxC: jax.Array) -> jax.Array:
     h = self.conv1(jax.nn.relu(self.norm1(x_BxHxWxC)))
     return self.conv2(jax.nn.relu(self.norm2(h)))
+
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    if self.remat:
+      return nnx.remat(DenseLayer._forward)(self, x_BxHxWxC)
+    return self._forward(x_BxHxWxC)
 
 
 class DenseBlock(nnx.Module):
@@ -159,3 +170,10 @@ class DenseNet(nnx.Module):
       pooled_BxC = jnp.mean(jax.nn.relu(out["norm5"]), axis=(1, 2))
       out["logits"] = self.classifier(pooled_BxC).astype(jnp.float32)
     return out
+
+
+def set_remat(module: nnx.Module, enabled: bool = True) -> None:
+  """Turns rematerialisation of every dense layer in `module` on or off."""
+  for _, sub in nnx.iter_modules(module):
+    if isinstance(sub, DenseLayer):
+      sub.remat = enabled

@@ -13,9 +13,29 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# PyTorch's default init for conv/linear weights is kaiming_uniform(a=sqrt(5)),
-# i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) = variance_scaling(1/3, fan_in, uniform).
-_TORCH_DEFAULT_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+def uniform_init(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
+  """U(-bound, bound) samples of `shape`, float32.
+
+  Every initializer used here is a scaled uniform. Eager `jax.random` calls
+  compile once per distinct shape (~0.1 s each, hundreds of shapes in a
+  DenseNet), so samples are drawn from a buffer padded to a power of two:
+  a few dozen compilations serve every model, and construction takes
+  seconds instead of tens of seconds on a CPU.
+  """
+  size = int(np.prod(shape))
+  padded = 1 << max(size - 1, 1).bit_length()
+  buffer = jax.random.uniform(key, (padded,), jnp.float32, -1.0, 1.0)
+  if isinstance(buffer, jax.core.Tracer):  # under eval_shape / jit
+    return bound * buffer[:size].reshape(shape)
+  return jnp.asarray(bound * np.asarray(buffer)[:size].reshape(shape))
+
+
+def _kernel_bound(init: str, fan_in: int, fan_out: int) -> float:
+  if init == "torch":  # kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in))
+    return 1.0 / np.sqrt(fan_in)
+  if init == "glorot":  # Keras' glorot_uniform (DenseDepth's decoder)
+    return np.sqrt(6.0 / (fan_in + fan_out))
+  raise ValueError(f"unknown init {init!r}")
 
 
 class Conv2d(nnx.Module):
@@ -28,8 +48,7 @@ class Conv2d(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
                stride: int = 1, padding: int = 0, use_bias: bool = True,
-               dtype: jnp.dtype = jnp.float32,
-               kernel_init=_TORCH_DEFAULT_INIT, bias_init=None,
+               dtype: jnp.dtype = jnp.float32, init: str = "torch",
                rngs: nnx.Rngs):
     self.in_features = in_features
     self.out_features = out_features
@@ -38,15 +57,17 @@ class Conv2d(nnx.Module):
     self.padding = padding
     self.dtype = dtype
     shape = (kernel_size, kernel_size, in_features, out_features)
-    self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
-    if use_bias and bias_init is not None:
-      self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32))
-    elif use_bias:  # PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-      bound = 1.0 / np.sqrt(in_features * kernel_size * kernel_size)
-      self.bias = nnx.Param(jax.random.uniform(
-          rngs.params(), (out_features,), jnp.float32, -bound, bound))
-    else:
+    fan_in = in_features * kernel_size * kernel_size
+    fan_out = out_features * kernel_size * kernel_size
+    self.kernel = nnx.Param(uniform_init(rngs.params(), shape,
+                                         _kernel_bound(init, fan_in, fan_out)))
+    if not use_bias:
       self.bias = None
+    elif init == "glorot":  # Keras: zero biases
+      self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+    else:  # PyTorch: U(+-1/sqrt(fan_in))
+      self.bias = nnx.Param(uniform_init(rngs.params(), (out_features,),
+                                         1.0 / np.sqrt(fan_in)))
 
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     x = x_BxHxWxC.astype(self.dtype)
@@ -72,11 +93,9 @@ class Linear(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *,
                dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     self.dtype = dtype
-    self.kernel = nnx.Param(_TORCH_DEFAULT_INIT(
-        rngs.params(), (in_features, out_features), jnp.float32))
-    bound = 1.0 / np.sqrt(in_features)
-    self.bias = nnx.Param(jax.random.uniform(
-        rngs.params(), (out_features,), jnp.float32, -bound, bound))
+    bound = 1.0 / np.sqrt(in_features)  # PyTorch's default for Linear
+    self.kernel = nnx.Param(uniform_init(rngs.params(), (in_features, out_features), bound))
+    self.bias = nnx.Param(uniform_init(rngs.params(), (out_features,), bound))
 
   def __call__(self, x_BxC: jax.Array) -> jax.Array:
     y = x_BxC.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
