@@ -133,3 +133,136 @@ def resnet_features(model: torchvision.models.ResNet, x: torch.Tensor,
   if with_logits:
     out["logits"] = model.fc(torch.flatten(model.avgpool(x), 1))
   return out
+
+
+# ---------------------------------------------------------------------------
+# Reference losses (DESIGN.md section 3), written independently of the JAX
+# ones: DenseDepth's PyTorch SSIM (a full 2-D Gaussian window, conv2d without
+# padding), tf.image.image_gradients-style forward differences, and the
+# perceptual term on a torchvision ResNet-50. NCHW; `mask` (N x 1 x H x W,
+# 1 = valid, or None) works as in `percdepth_jax.losses`: at holes the target
+# is replaced by the detached prediction (and, for SSIM and the perceptual
+# term, the prediction by its detached self); L1 and gradient average over
+# valid pixels.
+
+
+def _fill_target(pred: torch.Tensor, target: torch.Tensor,
+                 mask: torch.Tensor | None) -> torch.Tensor:
+  if mask is None:
+    return target
+  return torch.where(mask.bool(), target, pred.detach())
+
+
+def _detach_holes(pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+  if mask is None:
+    return pred
+  return torch.where(mask.bool(), pred, pred.detach())
+
+
+def _num_valid(pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+  if mask is None:
+    return torch.tensor(float(pred.numel()))
+  return mask.float().expand_as(pred).sum().clamp(min=1.0)
+
+
+def l1_loss(pred, target, mask=None):
+  target = _fill_target(pred, target, mask)
+  return (pred - target).abs().sum() / _num_valid(pred, mask)
+
+
+def image_gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+  """tf.image.image_gradients in NCHW: (dy, dx), zero in the last row/column."""
+  dy = F.pad(image[:, :, 1:, :] - image[:, :, :-1, :], (0, 0, 0, 1))
+  dx = F.pad(image[:, :, :, 1:] - image[:, :, :, :-1], (0, 1, 0, 0))
+  return dy, dx
+
+
+def gradient_loss(pred, target, mask=None):
+  target = _fill_target(pred, target, mask)
+  dy_pred, dx_pred = image_gradients(pred)
+  dy_true, dx_true = image_gradients(target)
+  edges = (dy_pred - dy_true).abs(), (dx_pred - dx_true).abs()
+  if mask is not None:
+    # A difference is valid where both of its pixels are: the product of the
+    # mask with its shifted copy (zero-padded like the gradients).
+    m = mask.float()
+    m_dy = F.pad(m[:, :, 1:, :] * m[:, :, :-1, :], (0, 0, 0, 1))
+    m_dx = F.pad(m[:, :, :, 1:] * m[:, :, :, :-1], (0, 1, 0, 0))
+    edges = edges[0] * m_dy, edges[1] * m_dx
+  return (edges[0] + edges[1]).sum() / _num_valid(pred, mask)
+
+
+def gaussian_window(window_size: int = 11, sigma: float = 1.5,
+                    channels: int = 1) -> torch.Tensor:
+  """DenseDepth's `create_window`: outer product of a 1-D Gaussian, C x 1 x K x K (float64)."""
+  x = torch.arange(window_size, dtype=torch.float64) - window_size // 2
+  gauss = torch.exp(-x ** 2 / (2.0 * sigma ** 2))
+  gauss = gauss / gauss.sum()
+  window = gauss[:, None] @ gauss[None, :]
+  return window.expand(channels, 1, window_size, window_size).contiguous()
+
+
+def ssim(img1: torch.Tensor, img2: torch.Tensor, val_range: float,
+         window_size: int = 11, size_average: bool = True) -> torch.Tensor:
+  """DenseDepth's PyTorch `ssim` (conv2d, padding 0, K1 0.01, K2 0.03).
+
+  size_average=True: mean over everything; False: one value per image.
+  """
+  channels = img1.shape[1]
+  window = gaussian_window(window_size, 1.5, channels).to(img1.device, img1.dtype)
+  mu1 = F.conv2d(img1, window, padding=0, groups=channels)
+  mu2 = F.conv2d(img2, window, padding=0, groups=channels)
+  mu1_sq, mu2_sq, mu1_mu2 = mu1.pow(2), mu2.pow(2), mu1 * mu2
+  sigma1_sq = F.conv2d(img1 * img1, window, padding=0, groups=channels) - mu1_sq
+  sigma2_sq = F.conv2d(img2 * img2, window, padding=0, groups=channels) - mu2_sq
+  sigma12 = F.conv2d(img1 * img2, window, padding=0, groups=channels) - mu1_mu2
+  c1 = (0.01 * val_range) ** 2
+  c2 = (0.03 * val_range) ** 2
+  v1 = 2.0 * sigma12 + c2
+  v2 = sigma1_sq + sigma2_sq + c2
+  ssim_map = ((2 * mu1_mu2 + c1) * v1) / ((mu1_sq + mu2_sq + c1) * v2)
+  if size_average:
+    return ssim_map.mean()
+  return ssim_map.mean(dim=(1, 2, 3))
+
+
+def ssim_loss(pred, target, mask=None, *, val_range):
+  target = _fill_target(pred, target, mask)
+  per_image = ssim(_detach_holes(pred, mask), target, val_range, size_average=False)
+  return torch.clamp((1 - per_image) * 0.5, 0, 1).mean()
+
+
+def resnet_layer1(model: torchvision.models.ResNet, x: torch.Tensor) -> torch.Tensor:
+  """Output of `layer1` (without running the later stages)."""
+  return model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+
+
+def perceptual_features(depth: torch.Tensor, resnet: torch.nn.Module, *,
+                        val_range: float, size: int = 224) -> torch.Tensor:
+  """phi(depth): depth / val_range as 3 channels, 224x224 (align_corners),
+  ImageNet mean/std, ResNet-50 layer1 (resnet in eval mode)."""
+  mean = torch.tensor(IMAGENET_MEAN, dtype=depth.dtype).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD, dtype=depth.dtype).view(1, 3, 1, 1)
+  x = (depth / val_range).repeat(1, 3, 1, 1)
+  x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+  return resnet_layer1(resnet, (x - mean) / std)
+
+
+def perceptual_loss(pred, target, resnet, mask=None, *, val_range, size=224):
+  """mean |phi(target) - phi(pred)|, phi = `perceptual_features`."""
+  target = _fill_target(pred, target, mask)
+  phi = lambda d: perceptual_features(d, resnet, val_range=val_range, size=size)
+  return (phi(target) - phi(_detach_holes(pred, mask))).abs().mean()
+
+
+def total_loss(pred, target, mask=None, *, val_range, resnet=None,
+               weights=(0.1, 1.0, 1.0, 0.5)):
+  """The paper's weighted sum; returns (total, dict of unweighted terms)."""
+  terms = {"l1": l1_loss(pred, target, mask),
+           "gradient": gradient_loss(pred, target, mask),
+           "ssim": ssim_loss(pred, target, mask, val_range=val_range)}
+  if weights[3]:
+    terms["perceptual"] = perceptual_loss(pred, target, resnet, mask,
+                                          val_range=val_range)
+  total = sum(w * t for w, t in zip(weights, terms.values()))
+  return total, terms
