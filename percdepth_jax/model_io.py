@@ -115,26 +115,72 @@ def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
   return meta
 
 
+def _check_kind(meta: dict[str, Any], directory: pathlib.Path,
+                expect_kind: str | None) -> None:
+  if expect_kind is not None and meta["kind"] != expect_kind:
+    raise UserInputError(
+        f"{directory} holds a {meta['kind']} model, not a {expect_kind}: "
+        + ("convert a depth model with `python -m weights_conversion "
+           "densedepth ...`." if expect_kind == "depth_net" else
+           "pass the matching model directory."))
+
+
+def split_checkpoint_spec(path: str | os.PathLike) -> tuple[pathlib.Path, str]:
+  """`DIR` or `DIR:best` -> (directory, "latest" | "best")."""
+  text = str(path)
+  if text.endswith(":best"):
+    return pathlib.Path(text[:-len(":best")]).absolute(), "best"
+  if text.endswith(":latest"):
+    return pathlib.Path(text[:-len(":latest")]).absolute(), "latest"
+  return pathlib.Path(text).absolute(), "latest"
+
+
+def is_training_workdir(directory: pathlib.Path) -> bool:
+  return (directory / "checkpoints").is_dir()
+
+
+def load_model_with_step(path: str | os.PathLike, *,
+                         expect_kind: str | None = "depth_net"
+                         ) -> tuple[nnx.Module, int | None]:
+  """`load_model`, also returning the training step (None for converted weights)."""
+  directory, which = split_checkpoint_spec(path)
+  if not directory.exists():
+    raise UserInputError(f"model path {directory} does not exist.")
+  meta = read_model_json(directory)
+  _check_kind(meta, directory, expect_kind)
+  if is_training_workdir(directory) or which == "best":
+    from percdepth_jax.training.checkpoints import restore_model_item
+    abstract = build_module(meta["kind"], meta["config"], abstract=True)
+    module, step = restore_model_item(directory, abstract, which)
+    if module is None:
+      raise UserInputError(
+          f"{directory} has no {which} checkpoint yet"
+          + (" (a best checkpoint is written at the first evaluation)."
+             if which == "best" else "; train longer or pass another directory."))
+    module.eval()
+    return module, step
+  return load_model(directory, expect_kind=expect_kind), None
+
+
 def load_model(path: str | os.PathLike, *, expect_kind: str | None = "depth_net"
                ) -> nnx.Module:
-  """Loads a model directory (converted weights) in eval mode.
+  """Loads a model in eval mode: a converted model directory, or a training
+  workdir (its latest checkpoint; `DIR:best` for the best by d1).
 
   Args:
-    path: a directory written by weight conversion (or `save_model`).
+    path: a directory written by weight conversion (or `save_model`), or a
+      training workdir, optionally suffixed with `:best`.
     expect_kind: refuse a directory holding another kind of model (for
       example an ImageNet DenseNet where a depth model is needed); None
       accepts any kind.
   """
-  directory = pathlib.Path(path).absolute()
+  directory, which = split_checkpoint_spec(path)
+  if is_training_workdir(directory) or which == "best":
+    return load_model_with_step(path, expect_kind=expect_kind)[0]
   if not directory.exists():
     raise UserInputError(f"model path {path} does not exist.")
   meta = read_model_json(directory)
-  if expect_kind is not None and meta["kind"] != expect_kind:
-    raise UserInputError(
-        f"{path} holds a {meta['kind']} model, not a {expect_kind}: "
-        + ("convert a depth model with `python -m weights_conversion "
-           "densedepth ...`." if expect_kind == "depth_net" else
-           "pass the matching model directory."))
+  _check_kind(meta, directory, expect_kind)
   abstract = build_module(meta["kind"], meta["config"], abstract=True)
   target = nnx.to_pure_dict(nnx.state(abstract))
   target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), target)

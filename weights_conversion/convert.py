@@ -190,3 +190,19 @@ def convert_densedepth(input_path: str | os.PathLike, output_dir: str | os.PathL
   save_model(module, output_dir, kind="depth_net", config=config.to_dict(),
              source={"format": "densedepth", "file": pathlib.Path(input_path).name})
   return module
+
+
+def load_torchvision_checked(arch: str, path: str, *, what: str,
+                             last_stage: str | None = None) -> nnx.Module:
+  """`load_torchvision` for config paths: a missing file says how to make it."""
+  if not path or not pathlib.Path(path).exists():
+    raise UserInputError(
+        f"{what}={path!r} does not exist. Make it from torchvision's ImageNet "
+        f"weights on a connected machine:\n"
+        f"  python -c \"import torch, torchvision as tv; torch.save(tv.models."
+        f"{arch}(weights='IMAGENET1K_V1').state_dict(), '{arch}.pth')\"\n"
+        f"  python -m weights_conversion torchvision --arch {arch} --input "
+        f"{arch}.pth --output {path or 'weights/' + arch}\n"
+        f"or train from random init with --config.{what.split('.', 1)[1].rsplit('.', 1)[0]}"
+        ".from_scratch=True.")
+  return load_torchvision(arch, path, last_stage=last_stage)

@@ -1,0 +1,1 @@
+"""Training: config defaults, the pure train step, checkpoints, logging, the loop."""

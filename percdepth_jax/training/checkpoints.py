@@ -1,0 +1,120 @@
+"""Training checkpoints with Orbax: the latest N and the best by d1.
+
+A workdir holds
+  model.json            the model config (same format as a converted model dir)
+  checkpoints/<step>/   latest N: model (params + batch stats), train (optimizer
+                        state, step), data (input iterator state), meta
+  best/<step>/          the best evaluation so far by d1: model, meta
+Orbax writes each step to a temporary directory and renames it when complete,
+so a killed run always leaves its last finished checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+
+
+def _model_item(state) -> dict[str, Any]:
+  return {"params": nnx.to_pure_dict(state["params"]),
+          "batch_stats": nnx.to_pure_dict(state["batch_stats"])}
+
+
+def _abstract(tree):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      tree)
+
+
+class Checkpoints:
+  """The latest-N and best-by-d1 checkpoint managers of one workdir."""
+
+  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3,
+               use_async: bool = True):
+    workdir = pathlib.Path(workdir).absolute()
+    self.latest = ocp.CheckpointManager(
+        workdir / LATEST_DIR,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=use_async))
+    self.best = ocp.CheckpointManager(
+        workdir / BEST_DIR,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda metrics: metrics["d1"], best_mode="max",
+            keep_checkpoints_without_metrics=False, create=True,
+            enable_async_checkpointing=use_async))
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state, data_state: dict[str, Any],
+           meta: dict[str, Any]) -> None:
+    train_item = {"opt_state": state["opt_state"], "step": state["step"]}
+    self.latest.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(_model_item(state)),
+        train=ocp.args.StandardSave(train_item),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def save_best(self, step: int, state, metrics: dict[str, float],
+                meta: dict[str, Any]) -> None:
+    self.best.save(step, metrics={"d1": float(metrics["d1"])},
+                   args=ocp.args.Composite(
+                       model=ocp.args.StandardSave(_model_item(state)),
+                       meta=ocp.args.JsonSave({**meta, "metrics": metrics})),
+                   force=True)
+
+  def restore_latest(self, state) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
+    """(state, data_state, meta) of the latest checkpoint, shaped and sharded
+    like `state`; None when there is none."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(_abstract(_model_item(state))),
+        train=ocp.args.StandardRestore(_abstract(
+            {"opt_state": state["opt_state"], "step": state["step"]})),
+        data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    params, batch_stats = state["params"], state["batch_stats"]
+    nnx.replace_by_pure_dict(params, restored.model["params"])
+    nnx.replace_by_pure_dict(batch_stats, restored.model["batch_stats"])
+    new_state = {"params": params, "batch_stats": batch_stats,
+                 "opt_state": restored.train["opt_state"],
+                 "step": restored.train["step"]}
+    return new_state, restored.data, restored.meta
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def restore_model_item(workdir: str | pathlib.Path, abstract_module: nnx.Module,
+                       which: str = "latest") -> tuple[nnx.Module, int]:
+  """Loads params + batch stats of a workdir's latest (or best) checkpoint
+  into an abstract DepthNet; returns (module, step)."""
+  directory = pathlib.Path(workdir).absolute() / (LATEST_DIR if which == "latest" else BEST_DIR)
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=False)) as manager:
+    step = manager.latest_step()  # `best/` keeps exactly one checkpoint
+    if step is None:
+      return None, None
+    graphdef, params, batch_stats = nnx.split(abstract_module, nnx.Param, nnx.BatchStat)
+    target = {"params": nnx.to_pure_dict(params),
+              "batch_stats": nnx.to_pure_dict(batch_stats)}
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(target)))
+  nnx.replace_by_pure_dict(params, restored.model["params"])
+  nnx.replace_by_pure_dict(batch_stats, restored.model["batch_stats"])
+  return nnx.merge(graphdef, params, batch_stats), step

@@ -1,0 +1,103 @@
+"""Run logging: metrics.jsonl, TensorBoard event files, a progress line."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  """Appends one JSON object per line to workdir/metrics.jsonl and the same
+  scalars to TensorBoard event files in workdir/tensorboard/ (process 0 only).
+
+  On resume, lines from steps after the restored checkpoint (written by the
+  interrupted run but not covered by any checkpoint) are dropped, so the file
+  describes exactly one history.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True,
+               resume_step: int | None = None):
+    self.enabled = enabled
+    self.path = pathlib.Path(workdir) / METRICS_FILE
+    self._tb = None
+    if not enabled:
+      return
+    if resume_step is not None and self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+      self.path.write_text("".join(line + "\n" for line in kept))
+    elif resume_step is None and self.path.exists():
+      self.path.unlink()
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    self._tb = EventFileWriter(str(pathlib.Path(workdir) / "tensorboard"))
+
+  def write(self, step: int, values: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    scalars = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+               for k, v in record.items()
+               if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                       summary=summary_pb2.Summary(value=scalars)))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+  try:
+    return float(value) if not isinstance(value, (str, bool, int)) else value
+  except (TypeError, ValueError):
+    return str(value)
+
+
+class Progress:
+  """One-line progress on stderr: step, loss terms, images/s, ETA."""
+
+  def __init__(self, total_steps: int, batch_size: int, start_step: int, *,
+               enabled: bool = True):
+    self.total = total_steps
+    self.batch_size = batch_size
+    self.enabled = enabled
+    self._t0 = time.perf_counter()
+    self._s0 = start_step
+    self._tty = sys.stderr.isatty()
+
+  def images_per_second(self, step: int) -> float:
+    elapsed = time.perf_counter() - self._t0
+    return (step - self._s0) * self.batch_size / max(elapsed, 1e-9)
+
+  def reset_clock(self, step: int) -> None:
+    """Start timing from here (after compilation, which would skew images/s)."""
+    self._t0, self._s0 = time.perf_counter(), step
+
+  def update(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    ips = self.images_per_second(step)
+    left = (self.total - step) * self.batch_size / ips if ips > 0 else float("nan")
+    terms = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    line = (f"step {step}/{self.total} ({100 * step / self.total:.0f}%) | {terms} | "
+            f"{ips:.1f} img/s | ETA {_duration(left)}")
+    end = "\r" if self._tty and step < self.total else "\n"
+    print(line, end=end, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+  if seconds != seconds:  # NaN
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
