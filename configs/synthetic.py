@@ -3,7 +3,7 @@
   python scripts/train.py --config configs/synthetic.py --workdir workdirs/synthetic
 
 Scenes are rendered on the fly (DESIGN.md section 5), training runs on the CPU
-in about ten minutes on two cores, and the run ends with an evaluation on
+in about nine minutes on two cores, and the run ends with an evaluation on
 held-out scenes against a constant-depth baseline, a training-curve plot and a
 sample grid in the workdir.
 
@@ -21,11 +21,11 @@ from percdepth_jax.training.config import base_config
 
 def get_config():
   c = base_config()
-  c.num_steps = 400
+  c.num_steps = 250
   c.batch_size = 8
   c.log_every = 10
-  c.eval_every = 200
-  c.checkpoint_every = 100
+  c.eval_every = 125
+  c.checkpoint_every = 50
   c.init.from_scratch = True
   c.loss.perceptual = 0.0
   c.data.train = "synthetic:2000:0"  # 2000 training scenes

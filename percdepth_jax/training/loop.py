@@ -48,6 +48,11 @@ def maybe_initialize_distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+def _every(step: int, interval: int) -> bool:
+  """True every `interval` steps; an interval of 0 means never."""
+  return interval > 0 and step % interval == 0
+
+
 def _log(*args) -> None:
   if jax.process_index() == 0:
     print(*args, flush=True)
@@ -237,17 +242,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         state, metrics = train_step(state, perceptual_state, batch)
         if pending is not None:
           values = check(*pending)
-          if pending[1] % config.log_every == 0:
+          if _every(pending[1], config.log_every):
             writer.write(pending[1], values)
             progress.update(pending[1], values)
           if pending[1] == start_step + 1:
             progress.reset_clock(pending[1])  # exclude compilation from img/s
         pending = (metrics, step)
-        must_save = step % config.checkpoint_every == 0 or step == config.num_steps
-        must_eval = step % config.eval_every == 0 and step != config.num_steps
+        must_save = _every(step, config.checkpoint_every) or step == config.num_steps
+        must_eval = _every(step, config.eval_every) and step != config.num_steps
         if must_save or must_eval or stop.signal:
           values = check(*pending)
-          if step % config.log_every == 0 or step == config.num_steps:
+          if _every(step, config.log_every) or step == config.num_steps:
             writer.write(step, {**values, "images_per_second": progress.images_per_second(step)})
             progress.update(step, values)
           pending = None

@@ -1,0 +1,131 @@
+"""Predict depth for images: .npy metres, 16-bit mm PNG, colour picture, PLY.
+
+  python scripts/predict.py --checkpoint DIR --input FILE|DIR [--output DIR] [--no-flip] [--ply] [--intrinsics fx,fy,cx,cy] [--batch B]
+
+For each image <stem> it writes <stem>.npy (float32 metres, input
+resolution), <stem>_depth.png (uint16 mm), <stem>_color.png (near = warm,
+range on the colour bar) and with --ply <stem>.ply (coloured points, metres,
+camera frame x right, y down, z forward; intrinsics default to NYU's scaled
+to the image size). Images of one size are batched and compiled once.
+Exit code 0; 1 if an unreadable image was skipped (it is named); 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from percdepth_jax.errors import UserInputError  # noqa: E402
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--checkpoint", required=True, help="workdir[:best] or model directory")
+  parser.add_argument("--input", required=True, help="an image or a folder of images")
+  parser.add_argument("--output", default="predictions", help="output folder")
+  parser.add_argument("--no-flip", action="store_true", help="no flip test-time averaging")
+  parser.add_argument("--ply", action="store_true", help="also write coloured point clouds")
+  parser.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in pixels")
+  parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
+  return parser
+
+
+def _intrinsics(text: str | None):
+  if text is None:
+    return None
+  try:
+    values = tuple(float(v) for v in text.split(","))
+  except ValueError:
+    values = ()
+  if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
+    raise UserInputError(f"--intrinsics {text!r}: expected four numbers fx,fy,cx,cy "
+                         "with fx, fy > 0 (pixels), e.g. 518.86,519.47,325.58,253.74.")
+  return values
+
+
+def _inputs(path: pathlib.Path) -> list[pathlib.Path]:
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+      raise UserInputError(f"--input {path} holds no .png/.jpg/.jpeg images.")
+    return files
+  raise UserInputError(f"--input {path} does not exist.")
+
+
+def run(args) -> int:
+  import percdepth_jax
+  from percdepth_jax import depth_outputs
+  from percdepth_jax.data.decode import decode_rgb
+  from percdepth_jax.data.synthetic import nyu_intrinsics
+
+  if args.batch < 1:
+    raise UserInputError(f"--batch {args.batch} must be >= 1.")
+  intrinsics = _intrinsics(args.intrinsics)
+  files = _inputs(pathlib.Path(args.input))
+  model = percdepth_jax.load_model(args.checkpoint)
+  out_dir = pathlib.Path(args.output)
+  out_dir.mkdir(parents=True, exist_ok=True)
+
+  # Decode everything first: a corrupt file is reported and skipped, and
+  # images are grouped by size so each size compiles once.
+  groups, skipped = collections.defaultdict(list), []
+  for path in files:
+    try:
+      image = decode_rgb(str(path), str(path))
+    except UserInputError as e:
+      print(f"skipped: {e}", file=sys.stderr)
+      skipped.append(path)
+      continue
+    groups[image.shape].append((path, image))
+
+  done, t0 = 0, time.perf_counter()
+  total = sum(len(g) for g in groups.values())
+  for items in groups.values():
+    for start in range(0, len(items), args.batch):
+      chunk = items[start:start + args.batch]
+      images = np.stack([image for _, image in chunk])
+      depth = percdepth_jax.predict_depth(model, images, flip=not args.no_flip)
+      for (path, image), depth_m in zip(chunk, depth):
+        stem = out_dir / path.stem
+        np.save(f"{stem}.npy", depth_m.astype(np.float32))
+        depth_outputs.depth_to_mm_png(depth_m, f"{stem}_depth.png")
+        Image.fromarray(depth_outputs.colorize(depth_m)).save(f"{stem}_color.png")
+        if args.ply:
+          k = intrinsics or tuple(nyu_intrinsics(*depth_m.shape))
+          depth_outputs.write_ply(f"{stem}.ply", depth_m, image, k)
+      done += len(chunk)
+      print(f"\r{done}/{total} images", end="", file=sys.stderr, flush=True)
+  elapsed = time.perf_counter() - t0
+  print(f"\n{done} images in {elapsed:.1f}s ({done / max(elapsed, 1e-9):.2f} images/s, "
+        f"compilation included) -> {out_dir}", file=sys.stderr)
+  if skipped:
+    print(f"{len(skipped)} unreadable image(s) skipped: "
+          + ", ".join(str(p) for p in skipped), file=sys.stderr)
+    return 1
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    return run(args)
+  except UserInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
