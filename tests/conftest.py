@@ -7,39 +7,15 @@ import pathlib
 import numpy as np
 import pytest
 
+from weights_conversion.parity import randomize_batchnorm, relative_max_error  # noqa: F401
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL_RGBD = REPO.parent / "shared" / "data" / "real_rgbd"
 
 
-def relative_max_error(actual, expected) -> float:
-  """max |actual - expected| / max |expected| (the project's parity measure)."""
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape, (actual.shape, expected.shape)
-  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
-
-
-def randomize_batchnorm(module, seed: int) -> None:
-  """Non-trivial BatchNorm affine parameters and running statistics.
-
-  Freshly initialised BatchNorms are identities in eval mode (mean 0, var 1,
-  scale 1, bias 0), which would let a wrong mapping of these tensors pass.
-  """
-  import torch
-  generator = torch.Generator().manual_seed(seed)
-  for layer in module.modules():
-    if isinstance(layer, torch.nn.BatchNorm2d):
-      n = layer.num_features
-      with torch.no_grad():
-        layer.weight.copy_(0.5 + torch.rand(n, generator=generator))
-        layer.bias.copy_(0.4 * torch.rand(n, generator=generator) - 0.2)
-        layer.running_mean.copy_(0.4 * torch.rand(n, generator=generator) - 0.2)
-        layer.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-
-
 def nchw(x_nhwc):
   import torch
-  return torch.from_numpy(np.ascontiguousarray(np.transpose(x_nhwc, (0, 3, 1, 2))))
+  return torch.from_numpy(np.array(np.transpose(x_nhwc, (0, 3, 1, 2))))
 
 
 def nhwc(x_nchw) -> np.ndarray:
@@ -66,3 +42,14 @@ def torch_depth_models(tmp_path_factory):
     torch.save(model.state_dict(), path)
     models[name] = (model, path, kwargs)
   return models
+
+
+@pytest.fixture(scope="session")
+def paper_checkpoint(torch_depth_models, tmp_path_factory):
+  """The paper-variant reference model converted into a model directory."""
+  from weights_conversion import convert_densedepth, densedepth_model_config
+  _, path, kwargs = torch_depth_models["paper"]
+  out = tmp_path_factory.mktemp("checkpoint") / "paper"
+  convert_densedepth(path, out, densedepth_model_config(
+      decoder_width=kwargs["decoder_width"], input_norm=kwargs["input_norm"]))
+  return out

@@ -7,16 +7,11 @@ import percdepth_jax
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.inference import network_size
 from percdepth_jax.models import DepthNet
-from weights_conversion import convert_densedepth, densedepth_model_config
 
 
 @pytest.fixture(scope="module")
-def model(torch_depth_models, tmp_path_factory):
-  _, path, kwargs = torch_depth_models["paper"]
-  out = tmp_path_factory.mktemp("inference") / "model"
-  convert_densedepth(path, out, densedepth_model_config(
-      decoder_width=kwargs["decoder_width"], input_norm=kwargs["input_norm"]))
-  return percdepth_jax.load_model(out)
+def model(paper_checkpoint):
+  return percdepth_jax.load_model(paper_checkpoint)
 
 
 def test_network_size_rounds_to_multiples_of_32():

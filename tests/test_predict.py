@@ -8,18 +8,13 @@ from PIL import Image
 from percdepth_jax import depth_outputs
 from scripts import predict
 from tests.conftest import REAL_RGBD
-from weights_conversion import convert_densedepth, densedepth_model_config
 
 NYU_RGB = REAL_RGBD / "nyu" / "rgb"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(torch_depth_models, tmp_path_factory):
-  _, path, kwargs = torch_depth_models["paper"]
-  out = tmp_path_factory.mktemp("predict") / "model"
-  convert_densedepth(path, out, densedepth_model_config(
-      decoder_width=kwargs["decoder_width"], input_norm=kwargs["input_norm"]))
-  return out
+def checkpoint(paper_checkpoint):
+  return paper_checkpoint
 
 
 def test_outputs_on_real_frames(checkpoint, tmp_path):

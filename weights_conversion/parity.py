@@ -27,7 +27,13 @@ _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def _randomize_batchnorm(module: torch.nn.Module, generator: torch.Generator) -> None:
+def randomize_batchnorm(module: torch.nn.Module, seed: int) -> None:
+  """Non-trivial BatchNorm affine parameters and running statistics.
+
+  Freshly initialised BatchNorms are identities in eval mode (mean 0, var 1,
+  scale 1, bias 0), which would let a wrong mapping of these tensors pass.
+  """
+  generator = torch.Generator().manual_seed(seed)
   for layer in module.modules():
     if isinstance(layer, torch.nn.BatchNorm2d):
       n = layer.num_features
@@ -38,9 +44,13 @@ def _randomize_batchnorm(module: torch.nn.Module, generator: torch.Generator) ->
         layer.running_var.copy_(0.5 + torch.rand(n, generator=generator))
 
 
-def _rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+def relative_max_error(actual, expected) -> float:
+  """max |actual - expected| / max |expected| (the project's parity measure)."""
+  actual = np.asarray(actual, np.float64)
+  expected = np.asarray(expected, np.float64)
+  if actual.shape != expected.shape:
+    raise ValueError(f"shapes differ: {actual.shape} vs {expected.shape}")
+  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
 def _nhwc(t: torch.Tensor) -> np.ndarray:
@@ -50,7 +60,6 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
 def measure(sizes: list[tuple[int, int]], seed: int = 0) -> list[tuple[str, str, str, float]]:
   """Rows (model, size, output, relative max error)."""
   torch.manual_seed(seed)
-  generator = torch.Generator().manual_seed(seed)
   rows = []
   forward = nnx.jit(lambda module, x: module(x))
   with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +68,7 @@ def measure(sizes: list[tuple[int, int]], seed: int = 0) -> list[tuple[str, str,
     for arch, features_fn in (("densenet121", torch_reference.densenet_features),
                               ("resnet50", torch_reference.resnet_features)):
       model = getattr(torchvision.models, arch)(weights=None)
-      _randomize_batchnorm(model, generator)
+      randomize_batchnorm(model, seed + len(nets) + 1)
       torch.save(model.state_dict(), tmp / f"{arch}.pth")
       flax_model, _, _ = torchvision_to_flax(arch, tmp / f"{arch}.pth")
       nets[arch] = (model.eval(), features_fn, flax_model)
@@ -67,7 +76,7 @@ def measure(sizes: list[tuple[int, int]], seed: int = 0) -> list[tuple[str, str,
     for name, compat, norm in (("depth model (paper)", False, "imagenet"),
                                ("depth model (DenseDepth compat)", True, "unit")):
       model = torch_reference.DepthModel(densedepth_compat=compat, input_norm=norm)
-      _randomize_batchnorm(model, generator)
+      randomize_batchnorm(model, seed + 10 + len(depth_models))
       torch.save(model.state_dict(), tmp / "depth.pth")
       config = densedepth_model_config(densedepth_compat=compat, input_norm=norm)
       depth_models[name] = (model.eval(), densedepth_to_flax(tmp / "depth.pth", config))
@@ -81,11 +90,11 @@ def measure(sizes: list[tuple[int, int]], seed: int = 0) -> list[tuple[str, str,
           expected = features_fn(model, torch.from_numpy(x).permute(0, 3, 1, 2))
         actual = forward(flax_model, x)
         for key, value in expected.items():
-          rows.append((arch, size, key, _rel(actual[key], _nhwc(value))))
+          rows.append((arch, size, key, relative_max_error(actual[key], _nhwc(value))))
       for name, (model, flax_model) in depth_models.items():
         with torch.no_grad():
           expected = model(torch.from_numpy(image).permute(0, 3, 1, 2))
-        rows.append((name, size, "output", _rel(forward(flax_model, image), _nhwc(expected))))
+        rows.append((name, size, "output", relative_max_error(forward(flax_model, image), _nhwc(expected))))
   return rows
 
 
