@@ -164,7 +164,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         f"config.batch_size={config.batch_size} must be a multiple of the "
         f"number of devices ({jax.device_count()}).")
   model_config = ModelConfig.from_dict(config.model.to_dict())
-  _write_model_json(workdir, model_config, config)
 
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
@@ -178,6 +177,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   tx = step_lib.make_optimizer(config)
   model = build_model(config)
+  # Only now that data and weights are found does the workdir become a run.
+  _write_model_json(workdir, model_config, config)
   graphdef, state = step_lib.init_state(model, tx)
   perceptual = build_perceptual_net(config)
   perceptual_graphdef, perceptual_state = (nnx.split(perceptual) if perceptual

@@ -57,9 +57,9 @@ def make_train_step(graphdef: nnx.GraphDef, perceptual_graphdef: nnx.GraphDef | 
                                config.loss.ssim, config.loss.perceptual)
 
   def train_step(state: TrainState, perceptual_state, batch):
-    # batch_stats enters as an argument (not a closure) so the BatchNorm
-    # statistics can be updated inside this trace.
     def loss_fn(params, batch_stats):
+      # copy=True: fresh Variables owned by this trace, so BatchNorm may update
+      # its running statistics here (they are returned as aux, not mutated).
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
       cfg = model.config
       image = batch["image"].astype(jnp.float32)
