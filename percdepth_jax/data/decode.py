@@ -6,6 +6,7 @@ the fix; nothing is silently replaced.
 
 from __future__ import annotations
 
+import abc
 import io
 import logging
 from typing import Any, Callable
@@ -105,3 +106,26 @@ class SkipCounter:
       self.skipped.append(str(e))
       logging.warning("skipping bad example (%d so far): %s", len(self.skipped), e)
       return None
+
+
+class FileSource(abc.ABC):
+  """Base of the file-backed sources: `source[i]` is `load(i)`, or None for a
+  bad example when the source was built with skip_bad (counted in `skipped`).
+
+  Subclasses set `self._skip = SkipCounter(skip_bad)` and define `load` and
+  `__len__`.
+  """
+
+  _skip: SkipCounter
+
+  @abc.abstractmethod
+  def load(self, index: int) -> dict[str, Any]:
+    """Decodes example `index`; raises UserInputError on bad files."""
+
+  @property
+  def skipped(self) -> list[str]:
+    """Messages of the examples skipped so far in this process (skip_bad)."""
+    return self._skip.skipped
+
+  def __getitem__(self, index: int) -> dict[str, Any] | None:
+    return self._skip(lambda: self.load(index))

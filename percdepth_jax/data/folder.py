@@ -33,7 +33,7 @@ def _float(value: str, column: str, manifest: pathlib.Path, row: int) -> float:
   return x
 
 
-class FolderSource:
+class FolderSource(decode.FileSource):
   """Random-access source over the rows of a manifest.csv."""
 
   def __init__(self, manifest: str | os.PathLike, *, skip_bad: bool = False,
@@ -79,10 +79,6 @@ class FolderSource:
             "the manifest) or remove those rows.")
     self._skip = decode.SkipCounter(skip_bad)
 
-  @property
-  def skipped(self) -> list[str]:
-    """Messages of the examples skipped so far in this process (skip_bad)."""
-    return self._skip.skipped
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -116,10 +112,6 @@ class FolderSource:
       example["intrinsics"] = entry["intrinsics"].copy()
     example["name"] = pathlib.Path(entry["rgb"]).stem
     return example
-
-  def __getitem__(self, index: int) -> dict[str, Any] | None:
-    """The example, or None if it is bad and skip_bad was asked for."""
-    return self._skip(lambda: self.load(index))
 
   def __repr__(self) -> str:
     return f"FolderSource({str(self.manifest)!r}, {len(self)} examples)"

@@ -27,7 +27,7 @@ def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
-class TfdsNyuSource:
+class TfdsNyuSource(decode.FileSource):
   """Random-access source over one split of the prepared `nyu_depth_v2`."""
 
   def __init__(self, split: str = "train", data_dir: str | None = None, *,
@@ -52,9 +52,6 @@ class TfdsNyuSource:
           "data_dir.") from None
     self._skip = decode.SkipCounter(skip_bad)
 
-  @property
-  def skipped(self) -> list[str]:
-    return self._skip.skipped
 
   def __len__(self) -> int:
     return len(self._source)
@@ -69,8 +66,6 @@ class TfdsNyuSource:
     example["name"] = name
     return example
 
-  def __getitem__(self, index: int) -> dict[str, Any] | None:
-    return self._skip(lambda: self.load(index))
 
   def __repr__(self) -> str:
     return f"TfdsNyuSource(split={self.split!r}, {len(self)} examples)"

@@ -23,7 +23,7 @@ from percdepth_jax.errors import UserInputError
 SPLITS = {"train": "nyu2_train.csv", "test": "nyu2_test.csv"}
 
 
-class NyuZipSource:
+class NyuZipSource(decode.FileSource):
   """Random-access source over one split of nyu_data.zip."""
 
   def __init__(self, path: str | os.PathLike, split: str = "train", *,
@@ -67,9 +67,6 @@ class NyuZipSource:
     self._skip = decode.SkipCounter(skip_bad)
     self._local = threading.local()
 
-  @property
-  def skipped(self) -> list[str]:
-    return self._skip.skipped
 
   def _zip(self) -> zipfile.ZipFile:
     # One handle per thread (and per process: it is not pickled).
@@ -116,8 +113,6 @@ class NyuZipSource:
     example["name"] = rgb_member
     return example
 
-  def __getitem__(self, index: int) -> dict[str, Any] | None:
-    return self._skip(lambda: self.load(index))
 
   def __repr__(self) -> str:
     return f"NyuZipSource({self.path!r}, split={self.split!r}, {len(self)} examples)"
