@@ -19,8 +19,13 @@ def network_size(height: int, width: int) -> tuple[int, int]:
   return snap(height), snap(width)
 
 
-@nnx.jit(static_argnames=("flip",))
-def _predict_metres(model: DepthNet, image_NxHxWx3: jax.Array, flip: bool) -> jax.Array:
+def depth_metres(model: DepthNet, image_NxHxWx3: jax.Array, flip: bool = True
+                 ) -> jax.Array:
+  """Traceable core of `predict_depth`: pixels (any size) -> metres, N x H x W.
+
+  For callers that jit or export it themselves (benchmark, export);
+  `predict_depth` is the checked, compiled entry point.
+  """
   n, height, width, _ = image_NxHxWx3.shape
   net_h, net_w = network_size(height, width)
   x = image_NxHxWx3.astype(jnp.float32)
@@ -36,6 +41,9 @@ def _predict_metres(model: DepthNet, image_NxHxWx3: jax.Array, flip: bool) -> ja
   if depth_NxHxW.shape[1:] != (height, width):
     depth_NxHxW = jax.image.resize(depth_NxHxW, (n, height, width), "linear")
   return depth_NxHxW
+
+
+_predict_metres = nnx.jit(depth_metres, static_argnames=("flip",))
 
 
 def predict_depth(model: DepthNet, images, flip: bool = True) -> np.ndarray:

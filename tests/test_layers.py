@@ -1,5 +1,6 @@
 """Layer-level checks against PyTorch: resizing, BatchNorm (train mode), pooling."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -67,3 +68,27 @@ def test_conv_matches_torch(kernel, stride, padding):
   bias = torch.from_numpy(np.array(conv.bias[...]))
   expected = nhwc(F.conv2d(nchw(x), weight, bias, stride=stride, padding=padding))
   np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x))), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 5, 3), (1, 12, 16, 24, 8)])
+def test_conv3x3_gradients_match_torch(shape):
+  """The 3x3 convolution's custom weight gradient (one matmul over shifted
+  copies) and its input gradient equal torch.autograd's through F.conv2d,
+  on odd sizes where a wrong shift or padding would show."""
+  b, h, w, c, d = shape
+  rng = np.random.RandomState(3)
+  x = rng.randn(b, h, w, c).astype(np.float32)
+  dy = rng.randn(b, h, w, d).astype(np.float32)
+  conv = Conv2d(c, d, 3, padding=1, use_bias=False, rngs=nnx.Rngs(0))
+  kernel = np.asarray(conv.kernel[...])
+
+  x_t = nchw(x).requires_grad_(True)
+  k_t = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
+  F.conv2d(x_t, k_t, padding=1).backward(nchw(dy))
+
+  graphdef, params = nnx.split(conv)
+  loss = lambda params, x: jnp.sum(nnx.merge(graphdef, params)(x) * dy)
+  grad_params, grad_x = jax.grad(loss, argnums=(0, 1))(params, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(grad_params["kernel"][...]),
+                             k_t.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(grad_x), nhwc(x_t.grad), rtol=1e-5, atol=1e-4)

@@ -62,12 +62,23 @@ class Decoder(nn.Module):
     return self.conv3(x)
 
 
+def torchvision_densenet(arch: str) -> torchvision.models.DenseNet:
+  """A random-init torchvision DenseNet; `densenet_tiny` (the toy size of
+  percdepth_jax's spec table, for tests) built from the same constructor."""
+  if arch == "densenet_tiny":
+    from percdepth_jax.models.densenet import DENSENET_SPECS
+    spec = DENSENET_SPECS[arch]
+    return torchvision.models.DenseNet(spec.growth_rate, spec.block_config,
+                                       spec.num_init_features, spec.bn_size)
+  return getattr(torchvision.models, arch)(weights=None)
+
+
 class Encoder(nn.Module):
   """torchvision DenseNet as DenseDepth wraps it (`encoder.original_model`)."""
 
   def __init__(self, arch: str = "densenet121"):
     super().__init__()
-    self.original_model = getattr(torchvision.models, arch)(weights=None)
+    self.original_model = torchvision_densenet(arch)
 
   def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return densenet_features(self.original_model, x, with_logits=False)
@@ -161,7 +172,7 @@ def _detach_holes(pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 def _num_valid(pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
   if mask is None:
-    return torch.tensor(float(pred.numel()))
+    return torch.tensor(float(pred.numel()), device=pred.device)
   return mask.float().expand_as(pred).sum().clamp(min=1.0)
 
 
@@ -241,8 +252,8 @@ def perceptual_features(depth: torch.Tensor, resnet: torch.nn.Module, *,
                         val_range: float, size: int = 224) -> torch.Tensor:
   """phi(depth): depth / val_range as 3 channels, 224x224 (align_corners),
   ImageNet mean/std, ResNet-50 layer1 (resnet in eval mode)."""
-  mean = torch.tensor(IMAGENET_MEAN, dtype=depth.dtype).view(1, 3, 1, 1)
-  std = torch.tensor(IMAGENET_STD, dtype=depth.dtype).view(1, 3, 1, 1)
+  mean = torch.tensor(IMAGENET_MEAN, dtype=depth.dtype, device=depth.device).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD, dtype=depth.dtype, device=depth.device).view(1, 3, 1, 1)
   x = (depth / val_range).repeat(1, 3, 1, 1)
   x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
   return resnet_layer1(resnet, (x - mean) / std)

@@ -80,8 +80,8 @@ def make_train_step(graphdef: nnx.GraphDef, perceptual_graphdef: nnx.GraphDef | 
                  "step": state["step"] + 1}
     # The loss is computed with the parameters before this update: also check
     # the update, so that a non-finite step is caught before it is saved.
-    finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(updates))
-    metrics = {"loss": total, **terms, "grad_norm": optax.global_norm(grads),
+    finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(updates))
+    metrics = {"loss": total, **terms, "grad_norm": optax.tree.norm(grads),
                "finite": finite}
     return new_state, metrics
 

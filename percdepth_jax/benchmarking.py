@@ -1,0 +1,232 @@
+"""Timing the JAX training step and inference for scripts/benchmark.py.
+
+A `Workload` is one compiled thing to time: `run(n)` executes n steps and
+returns when the device is done. The JAX workloads are the real ones: the
+train step is `training.step.make_train_step` (all four loss terms with the
+frozen ResNet-50, backward, Adam) jitted with a donated state, as
+`training.loop` runs it; inference is `inference.depth_metres` with flip
+test-time averaging. Compilation is timed apart from the steps; FLOPs and
+buffer sizes come from XLA's compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# Dense (no sparsity) peak FLOP/s of accelerators, by `device_kind` prefix,
+# per compute dtype. float32 on these GPUs: XLA computes float32 convolutions
+# and matmuls with TF32 tensor cores by default, so their peak is TF32's.
+# Sources: NVIDIA H100/H200 and A100 datasheets (SXM parts).
+PEAK_FLOPS = {
+    "NVIDIA H100": {"float32": 494.7e12, "bfloat16": 989.4e12},
+    "NVIDIA H200": {"float32": 494.7e12, "bfloat16": 989.4e12},
+    "NVIDIA A100": {"float32": 156e12, "bfloat16": 312e12},
+}
+
+
+@dataclasses.dataclass
+class Workload:
+  """One thing to time. `run(n)` runs n steps and blocks until done."""
+  framework: str  # "jax" | "pytorch"
+  mode: str  # "train" | "inference"
+  run: Callable[[int], None]
+  compile_s: float  # JAX: lower + compile; PyTorch: the first (warm-up) step
+  flops_per_step: float | None = None  # XLA cost analysis (JAX only)
+  memory_bytes: int | None = None
+  memory_source: str = ""
+  times_s: list[float] = dataclasses.field(default_factory=list)  # per step, per round
+
+
+def synthetic_batch(batch: int, height: int, width: int, seed: int = 0
+                    ) -> dict[str, np.ndarray]:
+  """A training batch with the pipeline's fields: uint8 RGB, depth in metres
+  (0.5-9.5 m, a smooth ramp plus noise) and a validity mask with ~5% holes."""
+  rng = np.random.default_rng(seed)
+  image = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+  ramp = np.linspace(0.5, 9.0, height, dtype=np.float32)[None, :, None]
+  depth = ramp + rng.uniform(0.0, 0.5, (batch, height, width)).astype(np.float32)
+  valid = rng.uniform(size=(batch, height, width)) > 0.05
+  return {"image": image, "depth": depth, "valid": valid}
+
+
+def _block(tree) -> None:
+  jax.block_until_ready(tree)
+
+
+def _compile(jitted, *args):
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def _cost(compiled) -> tuple[float | None, int | None]:
+  """(FLOPs per call, bytes of live buffers) of a compiled XLA program."""
+  flops = None
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost["flops"]) if cost and "flops" in cost else None
+  except Exception:  # not every backend implements it
+    pass
+  memory = None
+  try:
+    m = compiled.memory_analysis()
+    # Arguments + outputs + temporaries, counting donated-and-reused buffers once.
+    memory = int(m.argument_size_in_bytes + m.output_size_in_bytes
+                 + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:
+    pass
+  return flops, memory
+
+
+def model_config(encoder: str, dtype: str):
+  from percdepth_jax.models import ModelConfig
+  return ModelConfig(encoder=encoder, dtype=dtype)
+
+
+def jax_train_workload(encoder: str, dtype: str, batch: int, height: int,
+                       width: int, seed: int = 0) -> Workload:
+  """The training step of `training.loop`, with random-init networks."""
+  from percdepth_jax.models import DepthNet, ResNet50
+  from percdepth_jax.training import step as step_lib
+  from percdepth_jax.training.config import base_config
+
+  config = base_config()
+  cfg = model_config(encoder, dtype)
+  config.model.update(cfg.to_dict())
+  model = DepthNet(cfg, rngs=nnx.Rngs(seed))
+  perceptual = ResNet50(last_stage="layer1", dtype=cfg.compute_dtype,
+                        rngs=nnx.Rngs(seed + 1))
+  perceptual.eval()
+  tx = step_lib.make_optimizer(config)
+  graphdef, state = step_lib.init_state(model, tx)
+  perceptual_graphdef, perceptual_state = nnx.split(perceptual)
+  train_step = jax.jit(step_lib.make_train_step(graphdef, perceptual_graphdef, tx, config),
+                       donate_argnums=(0,))
+  data = jax.device_put(synthetic_batch(batch, height, width, seed))
+  compiled, compile_s = _compile(train_step, state, perceptual_state, data)
+  flops, memory = _cost(compiled)
+  holder = {"state": state}
+
+  def run(n: int) -> None:
+    if n < 1:
+      return
+    state = holder["state"]
+    for _ in range(n):
+      state, metrics = compiled(state, perceptual_state, data)
+    _block((state, metrics))
+    holder["state"] = state
+
+  return Workload("jax", "train", run, compile_s, flops, memory, "XLA buffer assignment")
+
+
+def jax_inference_workload(encoder: str, dtype: str, batch: int, height: int,
+                           width: int, seed: int = 0) -> Workload:
+  """Depth in metres with flip test-time averaging (`inference.depth_metres`)."""
+  from percdepth_jax.inference import depth_metres
+  from percdepth_jax.models import DepthNet
+
+  model = DepthNet(model_config(encoder, dtype), rngs=nnx.Rngs(seed))
+  model.eval()
+  graphdef, state = nnx.split(model)
+  predict = jax.jit(lambda state, image: depth_metres(nnx.merge(graphdef, state),
+                                                      image, flip=True))
+  image = jax.device_put(synthetic_batch(batch, height, width, seed)["image"])
+  compiled, compile_s = _compile(predict, state, image)
+  flops, memory = _cost(compiled)
+
+  def run(n: int) -> None:
+    if n < 1:
+      return
+    for _ in range(n):
+      depth = compiled(state, image)
+    _block(depth)
+
+  return Workload("jax", "inference", run, compile_s, flops, memory, "XLA buffer assignment")
+
+
+def device_name() -> str:
+  """The default JAX device in words (the CPU's model name on CPU)."""
+  device = jax.devices()[0]
+  kind = device.device_kind
+  if device.platform == "cpu":
+    try:
+      for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+          kind = line.split(":", 1)[1].strip()
+          break
+    except OSError:
+      pass
+    return f"{kind} ({os.cpu_count()} cores)"
+  return f"{kind} ({jax.device_count()} device(s))"
+
+
+def device_peak_flops(dtype: str) -> tuple[float | None, str]:
+  """(peak FLOP/s, where it comes from) for the default JAX device.
+
+  Accelerators: the datasheet figure. CPUs have no such table here, so the
+  peak is measured: the best rate of a large matmul in `dtype` (a practical
+  ceiling for convolution-heavy work, not the ALUs' theoretical one).
+  """
+  device = jax.devices()[0]
+  for prefix, table in PEAK_FLOPS.items():
+    if device.device_kind.startswith(prefix):
+      return table[dtype], f"datasheet ({prefix}, dense {dtype})"
+  if device.platform != "cpu":
+    return None, f"unknown for {device.device_kind}"
+  n = 2048
+  a = jnp.ones((n, n), dtype)
+  matmul = jax.jit(lambda x: x @ x).lower(a).compile()
+  _block(matmul(a))
+  best = float("inf")
+  for _ in range(5):
+    t0 = time.perf_counter()
+    _block(matmul(a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best, f"measured {n}x{n} {dtype} matmul"
+
+
+def time_alternating(workloads: list[Workload], steps: int, rounds: int,
+                     warmup: int, on_round: Callable[[int], None] | None = None) -> None:
+  """A/B timing: each round runs `steps` steps of every workload in turn, so
+  slow drifts of the machine (clocks, other load) hit all of them alike.
+  Per-step times of each round are appended to `workload.times_s`."""
+  for w in workloads:
+    w.run(warmup)
+  for r in range(rounds):
+    for w in workloads:
+      t0 = time.perf_counter()
+      w.run(steps)
+      w.times_s.append((time.perf_counter() - t0) / steps)
+    if on_round is not None:
+      on_round(r)
+
+
+def summarize(w: Workload, batch: int, peak_flops: float | None) -> dict:
+  """Median and spread of the per-round step times, and what follows from them."""
+  median = statistics.median(w.times_s)
+  out = {
+      "ms_per_step_median": 1e3 * median,
+      "ms_per_step_min": 1e3 * min(w.times_s),
+      "ms_per_step_max": 1e3 * max(w.times_s),
+      "ms_per_step_rounds": [1e3 * t for t in w.times_s],
+      "images_per_s": batch / median,
+      "compile_s": w.compile_s,
+      "peak_memory_bytes": w.memory_bytes,
+      "peak_memory_source": w.memory_source,
+      "flops_per_step": w.flops_per_step,
+  }
+  if w.flops_per_step:
+    out["achieved_flops_per_s"] = w.flops_per_step / median
+    if peak_flops:
+      out["fraction_of_peak"] = out["achieved_flops_per_s"] / peak_flops
+  return out

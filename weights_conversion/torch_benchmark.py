@@ -1,0 +1,150 @@
+"""The PyTorch reference's training step and inference, for scripts/benchmark.py.
+
+The same work as the JAX workloads in `percdepth_jax.benchmarking`: the
+reference depth model (`torch_reference.DepthModel`), the paper's four loss
+terms with a frozen torchvision ResNet-50 (`torch_reference.total_loss`),
+backward and Adam with the same constants; inference is the forward pass
+with flip test-time averaging, in metres.
+
+On a GPU it runs with PyTorch's best eager settings: channels_last memory
+format, cudnn.benchmark, fused Adam, bfloat16 autocast (AMP) for bfloat16,
+and TF32 for float32 (as XLA uses for float32 convolutions and matmuls by
+default, so both sides compute at the same precision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+import torchvision
+
+from percdepth_jax.benchmarking import Workload
+from percdepth_jax.models.config import DEPTH_NORM_SCALE, ModelConfig
+from weights_conversion import torch_reference
+
+
+def _device() -> torch.device:
+  return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure(dtype: str) -> dict:
+  """Global PyTorch settings for the run; returns them for the record."""
+  settings = {"device": str(_device()), "threads": torch.get_num_threads()}
+  if _device().type == "cuda":
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    settings.update(channels_last=True, cudnn_benchmark=True, tf32=True,
+                    fused_adam=True)
+  settings["autocast"] = "bfloat16" if dtype == "bfloat16" else None
+  return settings
+
+
+def _autocast(dtype: str):
+  if dtype == "bfloat16":
+    return torch.autocast(_device().type, dtype=torch.bfloat16)
+  return contextlib.nullcontext()
+
+
+def _sync() -> None:
+  if _device().type == "cuda":
+    torch.cuda.synchronize()
+
+
+def _memory_format():
+  return torch.channels_last if _device().type == "cuda" else torch.contiguous_format
+
+
+def _to_nchw(array_NxHxWxC: np.ndarray) -> torch.Tensor:
+  x = torch.from_numpy(np.ascontiguousarray(array_NxHxWxC.transpose(0, 3, 1, 2)))
+  return x.to(_device()).contiguous(memory_format=_memory_format())
+
+
+def _peak_memory(fn) -> tuple[int | None, str]:
+  """Peak allocated bytes while `fn` runs (CUDA's allocator only)."""
+  if _device().type != "cuda":
+    fn()
+    return None, "not measured (PyTorch tracks allocations on CUDA only)"
+  torch.cuda.reset_peak_memory_stats()
+  fn()
+  return torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+
+
+def _timed_first(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  _sync()
+  return time.perf_counter() - t0
+
+
+def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray],
+                   loss_weights=(0.1, 1.0, 1.0, 0.5), learning_rate: float = 3e-4,
+                   betas=(0.9, 0.999), seed: int = 0) -> Workload:
+  """One training step per call of run(1), on a fixed batch."""
+  torch.manual_seed(seed)
+  cfg = ModelConfig(encoder=encoder)
+  device, fmt = _device(), _memory_format()
+  model = torch_reference.DepthModel(encoder).to(device, memory_format=fmt).train()
+  resnet = torchvision.models.resnet50(weights=None).to(device, memory_format=fmt).eval()
+  resnet.requires_grad_(False)
+  optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=betas,
+                               fused=device.type == "cuda")
+  image = _to_nchw(batch["image"]).float()
+  depth = torch.from_numpy(batch["depth"])[:, None].to(device)
+  valid = torch.from_numpy(batch["valid"])[:, None].to(device)
+  mask = valid & torch.isfinite(depth) & (depth > 0)
+  target = DEPTH_NORM_SCALE / depth.clamp(cfg.min_depth, cfg.max_depth)
+
+  def step() -> None:
+    with _autocast(dtype):
+      out = model(image)
+      total, _ = torch_reference.total_loss(
+          out.float(), target, mask, val_range=cfg.target_max_value,
+          resnet=resnet, weights=loss_weights)
+    total.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+  def run(n: int) -> None:
+    for _ in range(n):
+      step()
+    _sync()
+
+  compile_s = _timed_first(step)
+  memory, source = _peak_memory(lambda: run(1))
+  return Workload("pytorch", "train", run, compile_s, None, memory, source)
+
+
+def inference_workload(encoder: str, dtype: str, image_NxHxWx3: np.ndarray,
+                       seed: int = 0) -> Workload:
+  """Depth in metres with flip test-time averaging, under inference_mode."""
+  torch.manual_seed(seed)
+  cfg = ModelConfig(encoder=encoder)
+  model = torch_reference.DepthModel(encoder).to(_device(), memory_format=_memory_format())
+  model.eval()
+  image = _to_nchw(image_NxHxWx3).float()
+  lo, hi = DEPTH_NORM_SCALE / cfg.max_depth, DEPTH_NORM_SCALE / cfg.min_depth
+
+  @torch.inference_mode()
+  def predict() -> torch.Tensor:
+    with _autocast(dtype):
+      out = model(image).float()
+      flipped = model(image.flip(3)).float().flip(3)
+    metres = lambda o: DEPTH_NORM_SCALE / o.clamp(lo, hi)
+    return 0.5 * (metres(out) + metres(flipped))
+
+  def run(n: int) -> None:
+    for _ in range(n):
+      predict()
+    _sync()
+
+  compile_s = _timed_first(predict)
+  memory, source = _peak_memory(lambda: run(1))
+  return Workload("pytorch", "inference", run, compile_s, None, memory, source)
+
+
+def versions() -> dict:
+  return {"torch": torch.__version__, "torchvision": torchvision.__version__}
