@@ -15,7 +15,7 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ class Workload:
   memory_bytes: int | None = None
   memory_source: str = ""
   times_s: list[float] = dataclasses.field(default_factory=list)  # per step, per round
+  compiled: Any = None  # the XLA executable (JAX), for profiling and HLO inspection
 
 
 def synthetic_batch(batch: int, height: int, width: int, seed: int = 0
@@ -126,7 +127,8 @@ def jax_train_workload(encoder: str, dtype: str, batch: int, height: int,
     _block((state, metrics))
     holder["state"] = state
 
-  return Workload("jax", "train", run, compile_s, flops, memory, "XLA buffer assignment")
+  return Workload("jax", "train", run, compile_s, flops, memory, "XLA buffer assignment",
+                  compiled=compiled)
 
 
 def jax_inference_workload(encoder: str, dtype: str, batch: int, height: int,
@@ -151,7 +153,8 @@ def jax_inference_workload(encoder: str, dtype: str, batch: int, height: int,
       depth = compiled(state, image)
     _block(depth)
 
-  return Workload("jax", "inference", run, compile_s, flops, memory, "XLA buffer assignment")
+  return Workload("jax", "inference", run, compile_s, flops, memory,
+                  "XLA buffer assignment", compiled=compiled)
 
 
 def device_name() -> str:

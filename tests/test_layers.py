@@ -70,21 +70,26 @@ def test_conv_matches_torch(kernel, stride, padding):
   np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x))), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 7, 9, 5, 3), (1, 12, 16, 24, 8)])
-def test_conv3x3_gradients_match_torch(shape):
-  """The 3x3 convolution's custom weight gradient (one matmul over shifted
-  copies) and its input gradient equal torch.autograd's through F.conv2d,
-  on odd sizes where a wrong shift or padding would show."""
+@pytest.mark.parametrize("shape,kernel_size,stride,padding", [
+    ((2, 7, 9, 5, 3), 3, 1, 1), ((1, 12, 16, 24, 8), 3, 1, 1),  # conv3x3_same
+    ((2, 19, 23, 3, 8), 7, 2, 3), ((1, 16, 16, 3, 4), 7, 2, 3),  # conv_stem
+])
+def test_conv_custom_gradients_match_torch(shape, kernel_size, stride, padding):
+  """The custom weight gradients (3x3: one matmul over shifted copies; RGB
+  stem: im2col) and the input gradients equal torch.autograd's through
+  F.conv2d, on odd sizes where a wrong shift, stride or padding would show."""
   b, h, w, c, d = shape
   rng = np.random.RandomState(3)
   x = rng.randn(b, h, w, c).astype(np.float32)
-  dy = rng.randn(b, h, w, d).astype(np.float32)
-  conv = Conv2d(c, d, 3, padding=1, use_bias=False, rngs=nnx.Rngs(0))
+  conv = Conv2d(c, d, kernel_size, stride=stride, padding=padding, use_bias=False,
+                rngs=nnx.Rngs(0))
   kernel = np.asarray(conv.kernel[...])
 
   x_t = nchw(x).requires_grad_(True)
   k_t = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
-  F.conv2d(x_t, k_t, padding=1).backward(nchw(dy))
+  y_t = F.conv2d(x_t, k_t, stride=stride, padding=padding)
+  dy = rng.randn(*nhwc(y_t.detach()).shape).astype(np.float32)
+  y_t.backward(nchw(dy))
 
   graphdef, params = nnx.split(conv)
   loss = lambda params, x: jnp.sum(nnx.merge(graphdef, params)(x) * dy)

@@ -95,6 +95,45 @@ def _conv3x3_bwd(residuals, dy):
 conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
+def _stem_kernel_grad(x_BxHxWxC: jax.Array, dy_BxPxQxD: jax.Array, size: int,
+                      stride: int, padding: int) -> jax.Array:
+  """Weight gradient of a convolution on few input channels (an RGB stem) as
+  im2col + one matmul: the patches of a 3-channel image are small (K*K*3
+  values per output pixel), and XLA's CPU lowering of this gradient is a
+  convolution with a whole-feature-map window, several times slower."""
+  c = x_BxHxWxC.shape[-1]
+  _, p, q, d = dy_BxPxQxD.shape
+  x = jnp.pad(x_BxHxWxC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  taps = [x[:, i:i + stride * (p - 1) + 1:stride, j:j + stride * (q - 1) + 1:stride]
+          for i in range(size) for j in range(size)]
+  patches_BxPxQxKKC = jnp.concatenate(taps, axis=-1)
+  dk = jnp.einsum("bpqk,bpqd->kd", patches_BxPxQxKKC, dy_BxPxQxD,
+                  preferred_element_type=jnp.float32)
+  return dk.reshape(size, size, c, d)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_stem(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
+              padding: int) -> jax.Array:
+  """A convolution on an image's few channels, with an im2col weight gradient."""
+  return _conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
+
+
+def _conv_stem_fwd(x, kernel, stride, padding):
+  return _conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_stem_bwd(stride, padding, residuals, dy):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)
+  (dx,) = input_vjp(dy)
+  dk = _stem_kernel_grad(x, dy, kernel.shape[0], stride, padding)
+  return dx, dk.astype(kernel.dtype)
+
+
+conv_stem.defvjp(_conv_stem_fwd, _conv_stem_bwd)
+
+
 class Conv2d(nnx.Module):
   """`torch.nn.Conv2d` in NHWC with HWIO kernels and explicit symmetric padding.
 
@@ -135,6 +174,8 @@ class Conv2d(nnx.Module):
       y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
     elif self.kernel_size == 3 and self.stride == 1 and self.padding == 1:
       y = conv3x3_same(x, kernel)
+    elif self.in_features <= 4:
+      y = conv_stem(x, kernel, self.stride, self.padding)
     else:
       y = _conv(x, kernel, self.stride, self.padding)
     if self.bias is not None:
