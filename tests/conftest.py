@@ -7,7 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from weights_conversion.parity import randomize_batchnorm, relative_max_error  # noqa: F401
+from percdepth_jax.compare import relative_max_error  # noqa: F401
+from weights_conversion.parity import randomize_batchnorm  # noqa: F401
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL_RGBD = REPO.parent / "shared" / "data" / "real_rgbd"

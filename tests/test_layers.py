@@ -97,3 +97,18 @@ def test_conv_custom_gradients_match_torch(shape, kernel_size, stride, padding):
   np.testing.assert_allclose(np.asarray(grad_params["kernel"][...]),
                              k_t.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(np.asarray(grad_x), nhwc(x_t.grad), rtol=1e-5, atol=1e-4)
+
+
+def test_max_pool_gradient_matches_torch_without_ties():
+  """On tie-free input (continuous random values, odd and even sizes) the
+  max-pool gradient goes to each window's maximum, as torch's does."""
+  rng = np.random.RandomState(4)
+  for shape in [(2, 9, 12, 3), (1, 8, 7, 2)]:
+    x = rng.randn(*shape).astype(np.float32)
+    x_t = nchw(x).requires_grad_(True)
+    y_t = F.max_pool2d(x_t, 3, stride=2, padding=1)
+    dy = rng.randn(*nhwc(y_t.detach()).shape).astype(np.float32)
+    y_t.backward(nchw(dy))
+    _, vjp = jax.vjp(max_pool_3x3_s2_p1, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(dy))[0]), nhwc(x_t.grad),
+                               atol=1e-6)

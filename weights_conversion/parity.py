@@ -19,6 +19,7 @@ import torch
 import torchvision
 from flax import nnx
 
+from percdepth_jax.compare import relative_max_error
 from weights_conversion import torch_reference
 from weights_conversion.convert import (densedepth_model_config, densedepth_to_flax,
                                         torchvision_to_flax)
@@ -42,15 +43,6 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int) -> None:
         layer.bias.copy_(0.4 * torch.rand(n, generator=generator) - 0.2)
         layer.running_mean.copy_(0.4 * torch.rand(n, generator=generator) - 0.2)
         layer.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-
-
-def relative_max_error(actual, expected) -> float:
-  """max |actual - expected| / max |expected| (the project's parity measure)."""
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  if actual.shape != expected.shape:
-    raise ValueError(f"shapes differ: {actual.shape} vs {expected.shape}")
-  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
 def _nhwc(t: torch.Tensor) -> np.ndarray:

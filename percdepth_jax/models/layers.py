@@ -239,14 +239,24 @@ class BatchNorm2d(nnx.Module):
 
 
 def max_pool_3x3_s2_p1(x_BxHxWxC: jax.Array) -> jax.Array:
-  """`nn.MaxPool2d(3, stride=2, padding=1)`: pad with -inf, then a VALID pool.
+  """`nn.MaxPool2d(3, stride=2, padding=1)`: pad with -inf, then the maximum
+  of the nine strided views.
 
   Explicit -inf padding keeps the result exact in every backend and in ONNX
-  export (DESIGN.md section 8).
+  export (DESIGN.md section 8). Written as elementwise maxima rather than
+  `reduce_window`, whose gradient XLA's CPU backend computes with an index
+  argmax and a scatter, ~6x slower (docs/benchmarks.md). The forward pass is
+  identical; at exact ties the gradient is shared between the tied inputs
+  instead of going to the first one (after a ReLU, ties are zeros, whose
+  gradient the ReLU discards either way).
   """
+  _, h, w, _ = x_BxHxWxC.shape
+  out_h, out_w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
   x = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)),
               constant_values=-jnp.inf)
-  return nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
+  views = [x[:, i:i + 2 * out_h - 1:2, j:j + 2 * out_w - 1:2]
+           for i in range(3) for j in range(3)]
+  return functools.reduce(jnp.maximum, views)
 
 
 def avg_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
