@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from percdepth_jax.errors import UserInputError  # noqa: E402
+from percdepth_jax.errors import UserInputError, exit_code  # noqa: E402
 
 MODES = ("train", "inference")
 
@@ -135,7 +135,13 @@ def run(args) -> int:
       torch_settings = torch_benchmark.configure(args.dtype)
       _log(f"[{mode}] PyTorch: building and running the first step ...")
       if mode == "train":
-        torch_w = torch_benchmark.train_workload(args.encoder, args.dtype, batch_np)
+        # The training defaults (loss weights, Adam constants) the JAX step uses.
+        from percdepth_jax.training.config import base_config
+        c = base_config()
+        torch_w = torch_benchmark.train_workload(
+            args.encoder, args.dtype, batch_np,
+            loss_weights=(c.loss.l1, c.loss.gradient, c.loss.ssim, c.loss.perceptual),
+            learning_rate=c.optimizer.learning_rate, betas=(c.optimizer.b1, c.optimizer.b2))
       else:
         torch_w = torch_benchmark.inference_workload(args.encoder, args.dtype,
                                                      batch_np["image"])
@@ -180,12 +186,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    return run(args)
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return exit_code(run, _parser().parse_args(argv))
 
 
 if __name__ == "__main__":

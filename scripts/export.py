@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from percdepth_jax.errors import UserInputError  # noqa: E402
+from percdepth_jax.errors import UserInputError, exit_code  # noqa: E402
 
 # onnxruntime against JAX on random images: float32 reassociation stays far
 # below this; a dropped padding or a wrong layout is far above it.
@@ -117,12 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    return run(args)
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return exit_code(run, _parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from percdepth_jax.errors import UserInputError  # noqa: E402
+from percdepth_jax.errors import UserInputError, exit_code  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -119,12 +119,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    return run(args)
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return exit_code(run, _parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ import pytest
 
 from scripts import benchmark
 
-pytest.importorskip("torch")
-
 
 def test_benchmark_json_fields(tmp_path):
   out = tmp_path / "bench.json"

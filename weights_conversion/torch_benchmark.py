@@ -80,10 +80,13 @@ def _timed_first(fn) -> float:
   return time.perf_counter() - t0
 
 
-def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray],
-                   loss_weights=(0.1, 1.0, 1.0, 0.5), learning_rate: float = 3e-4,
-                   betas=(0.9, 0.999), seed: int = 0) -> Workload:
-  """One training step per call of run(1), on a fixed batch."""
+def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
+                   loss_weights: tuple[float, float, float, float],
+                   learning_rate: float, betas: tuple[float, float],
+                   seed: int = 0) -> Workload:
+  """One training step per call of run(1), on a fixed batch (`synthetic_batch`);
+  loss weights (l1, gradient, ssim, perceptual) and Adam's constants as in
+  the JAX config."""
   torch.manual_seed(seed)
   cfg = ModelConfig(encoder=encoder)
   device, fmt = _device(), _memory_format()

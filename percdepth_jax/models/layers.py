@@ -76,7 +76,7 @@ def conv3x3_same(x_BxHxWxC: jax.Array, kernel_3x3xCxD: jax.Array) -> jax.Array:
   """3x3 convolution, stride 1, padding 1, with a faster weight gradient.
 
   Forward and input gradient are XLA's; only the kernel gradient is computed
-  differently (`_conv3x3_kernel_grad`), equal up to float rounding.
+  differently on CPU (`_conv3x3_kernel_grad`), equal up to float rounding.
   """
   return _conv(x_BxHxWxC, kernel_3x3xCxD, 1, 1)
 
@@ -87,9 +87,12 @@ def _conv3x3_fwd(x, kernel):
 
 def _conv3x3_bwd(residuals, dy):
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, 1, 1), x)
-  (dx,) = input_vjp(dy)
-  return dx, _conv3x3_kernel_grad(x, dy).astype(kernel.dtype)
+  _, conv_vjp = jax.vjp(lambda x, k: _conv(x, k, 1, 1), x, kernel)
+  # Only XLA:CPU needs the rewrite; GPUs keep cuDNN's weight gradient.
+  dk = jax.lax.platform_dependent(
+      x, dy, cpu=lambda x, dy: _conv3x3_kernel_grad(x, dy).astype(kernel.dtype),
+      default=lambda x, dy: conv_vjp(dy)[1])
+  return conv_vjp(dy)[0], dk
 
 
 conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
@@ -125,10 +128,12 @@ def _conv_stem_fwd(x, kernel, stride, padding):
 
 def _conv_stem_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)
-  (dx,) = input_vjp(dy)
-  dk = _stem_kernel_grad(x, dy, kernel.shape[0], stride, padding)
-  return dx, dk.astype(kernel.dtype)
+  _, conv_vjp = jax.vjp(lambda x, k: _conv(x, k, stride, padding), x, kernel)
+  dk = jax.lax.platform_dependent(  # as in _conv3x3_bwd: a CPU-only rewrite
+      x, dy, cpu=lambda x, dy: _stem_kernel_grad(
+          x, dy, kernel.shape[0], stride, padding).astype(kernel.dtype),
+      default=lambda x, dy: conv_vjp(dy)[1])
+  return conv_vjp(dy)[0], dk
 
 
 conv_stem.defvjp(_conv_stem_fwd, _conv_stem_bwd)
