@@ -23,7 +23,7 @@ def depth_metres(model: DepthNet, image_NxHxWx3: jax.Array, flip: bool = True
                  ) -> jax.Array:
   """Traceable core of `predict_depth`: pixels (any size) -> metres, N x H x W.
 
-  For callers that jit or export it themselves (benchmark, export);
+  For callers that jit it themselves (scripts/benchmark.py);
   `predict_depth` is the checked, compiled entry point.
   """
   n, height, width, _ = image_NxHxWx3.shape
