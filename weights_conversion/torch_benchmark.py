@@ -73,11 +73,19 @@ def _peak_memory(fn) -> tuple[int | None, str]:
   return torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
 
 
-def _timed_first(fn) -> float:
+def _workload(mode: str, step) -> Workload:
+  """`step` as a Workload: its first call timed apart (warm-up, cudnn
+  autotuning), then one more call for the memory peak."""
+  def run(n: int) -> None:
+    for _ in range(n):
+      step()
+    _sync()
+
   t0 = time.perf_counter()
-  fn()
-  _sync()
-  return time.perf_counter() - t0
+  run(1)
+  first_s = time.perf_counter() - t0
+  memory, source = _peak_memory(lambda: run(1))
+  return Workload("pytorch", mode, run, first_s, None, memory, source)
 
 
 def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
@@ -111,14 +119,7 @@ def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
-  def run(n: int) -> None:
-    for _ in range(n):
-      step()
-    _sync()
-
-  compile_s = _timed_first(step)
-  memory, source = _peak_memory(lambda: run(1))
-  return Workload("pytorch", "train", run, compile_s, None, memory, source)
+  return _workload("train", step)
 
 
 def inference_workload(encoder: str, dtype: str, image_NxHxWx3: np.ndarray,
@@ -139,14 +140,7 @@ def inference_workload(encoder: str, dtype: str, image_NxHxWx3: np.ndarray,
     metres = lambda o: DEPTH_NORM_SCALE / o.clamp(lo, hi)
     return 0.5 * (metres(out) + metres(flipped))
 
-  def run(n: int) -> None:
-    for _ in range(n):
-      predict()
-    _sync()
-
-  compile_s = _timed_first(predict)
-  memory, source = _peak_memory(lambda: run(1))
-  return Workload("pytorch", "inference", run, compile_s, None, memory, source)
+  return _workload("inference", predict)
 
 
 def versions() -> dict:
