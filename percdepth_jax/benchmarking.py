@@ -70,22 +70,22 @@ def _compile(jitted, *args):
 
 
 def _cost(compiled) -> tuple[float | None, int | None]:
-  """(FLOPs per call, bytes of live buffers) of a compiled XLA program."""
-  flops = None
+  """(FLOPs per call, bytes of live buffers) of a compiled XLA program; None
+  where the backend has no such analysis (printed as n/a)."""
   try:
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost["flops"]) if cost and "flops" in cost else None
-  except Exception:  # not every backend implements it
-    pass
-  memory = None
+  except NotImplementedError:
+    cost = None
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  flops = float(cost["flops"]) if cost and "flops" in cost else None
   try:
     m = compiled.memory_analysis()
-    # Arguments + outputs + temporaries, counting donated-and-reused buffers once.
-    memory = int(m.argument_size_in_bytes + m.output_size_in_bytes
-                 + m.temp_size_in_bytes - m.alias_size_in_bytes)
-  except Exception:
-    pass
+  except NotImplementedError:
+    m = None
+  # Arguments + outputs + temporaries, counting donated-and-reused buffers once.
+  memory = None if m is None else int(
+      m.argument_size_in_bytes + m.output_size_in_bytes
+      + m.temp_size_in_bytes - m.alias_size_in_bytes)
   return flops, memory
 
 
@@ -167,7 +167,7 @@ def device_name() -> str:
         if line.startswith("model name"):
           kind = line.split(":", 1)[1].strip()
           break
-    except OSError:
+    except OSError:  # no /proc (macOS): keep jax's generic "cpu"
       pass
     return f"{kind} ({os.cpu_count()} cores)"
   return f"{kind} ({jax.device_count()} device(s))"
