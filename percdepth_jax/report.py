@@ -12,7 +12,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10")
+METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10",
+                "silog", "dbe_acc", "dbe_com")
 
 
 def sample_grid(samples: Sequence[dict[str, np.ndarray]], path: str | pathlib.Path,
