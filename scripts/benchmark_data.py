@@ -8,7 +8,12 @@
    (target >= 200), for three on-disk formats built in a temporary folder:
    DenseDepth's nyu_data.zip layout (JPEG RGB, 8-bit depth PNG), an RGB-D
    folder with JPEG RGB + 16-bit depth PNG (like the real_rgbd frames), and
-   make_synthetic's folder (PNG RGB + 16-bit depth PNG).
+   make_synthetic's folder (PNG RGB + 16-bit depth PNG), with the CPU time
+   per image split into decoding (source[i]), augmentation and the rest
+   (batching, device transfer, Grain).
+3. Per-image decode time of each file kind, Pillow vs percdepth_jax's
+   decoder (simplejpeg/OpenCV fast path), timed in alternation in one
+   process so that machine load affects both alike.
 "Per core" = items / CPU seconds of this process (all threads), so the number
 does not depend on how busy the other cores are.
 """
@@ -89,6 +94,72 @@ def build_datasets(root: pathlib.Path, examples: list[dict], rows: int) -> dict:
           "folder (png + 16-bit png, make_synthetic)": FolderSource(png_manifest)}
 
 
+def bench_stages(source, num_images: int) -> dict:
+  """CPU ms per image of decoding (source[i]) and of augmentation."""
+  from percdepth_jax.data.augment import AugmentConfig, augment
+  n = min(num_images, len(source))
+  decode_s = augment_s = 0.0
+  for i in range(n):  # one example alive at a time, as in the pipeline
+    cpu0 = time.process_time()
+    example = source[i]
+    cpu1 = time.process_time()
+    augment(example, np.random.default_rng((0, i)), AugmentConfig())
+    decode_s, augment_s = decode_s + cpu1 - cpu0, augment_s + time.process_time() - cpu1
+  return {"decode_ms": decode_s / n * 1e3, "augment_ms": augment_s / n * 1e3}
+
+
+def _pillow_rgb(raw: bytes) -> np.ndarray:
+  """Reference decoder: Pillow for every file."""
+  image = Image.open(io.BytesIO(raw))
+  image.load()
+  return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def _pillow_depth(raw: bytes) -> np.ndarray:
+  """Reference decoder of depth PNGs: Pillow."""
+  image = Image.open(io.BytesIO(raw))
+  image.load()
+  return np.asarray(image).astype(np.uint16 if image.mode != "L" else np.uint8,
+                                  copy=False)
+
+
+def bench_decode(examples: list[dict], rounds: int) -> dict:
+  """Median CPU ms per image, Pillow vs decode.py, alternating per round."""
+  from percdepth_jax.data import decode
+  from percdepth_jax.data.folder import _png_bytes
+  mm = [np.round(ex["depth"] * 1000).astype(np.uint16) for ex in examples]
+  kinds = {
+      "JPEG q95 (nyu_zip, jpeg folder)":
+          ([_encode(ex["image"], "JPEG", quality=95) for ex in examples], "rgb"),
+      "8-bit depth PNG (nyu_zip)":
+          ([_encode(np.round(np.clip(ex["depth"], 0, 10) / 10 * 255).astype(np.uint8),
+                    "PNG") for ex in examples], "depth"),
+      "16-bit depth PNG, Pillow zlib level 6 (jpeg folder, make_synthetic before)":
+          ([_encode(d, "PNG") for d in mm], "depth"),
+      "RGB PNG, Pillow zlib level 6 (make_synthetic before)":
+          ([_encode(ex["image"], "PNG") for ex in examples], "rgb"),
+      "RGB PNG, uncompressed (make_synthetic)":
+          ([_png_bytes(ex["image"], 0) for ex in examples], "rgb"),
+      "16-bit depth PNG, uncompressed (make_synthetic)":
+          ([_png_bytes(d, 0) for d in mm], "depth"),
+  }
+  fast = {"rgb": lambda raw: decode.decode_rgb(raw, "x"),
+          "depth": lambda raw: decode.decode_depth_png(raw, "x", allow_8bit=True)}
+  pillow = {"rgb": _pillow_rgb, "depth": _pillow_depth}
+  times = {(k, impl): [] for k in kinds for impl in ("pillow", "fast")}
+  for _ in range(rounds):
+    for kind, (files, role) in kinds.items():
+      for impl, fn in (("pillow", pillow[role]), ("fast", fast[role])):
+        cpu0 = time.process_time()
+        for raw in files:
+          fn(raw)
+        times[kind, impl].append((time.process_time() - cpu0) / len(files) * 1e3)
+  return {kind: {"pillow_ms": float(np.median(times[kind, "pillow"])),
+                 "fast_ms": float(np.median(times[kind, "fast"])),
+                 "kb": sum(len(f) for f in files) / len(files) / 1000}
+          for kind, (files, _) in kinds.items()}
+
+
 def bench_pipeline(source, num_images: int, threads: int, batch: int) -> dict:
   from percdepth_jax.data.pipeline import make_train_iterator
   it = make_train_iterator(source, batch, seed=0, num_threads=threads,
@@ -100,6 +171,9 @@ def bench_pipeline(source, num_images: int, threads: int, batch: int) -> dict:
     b = next(it)
   b["image"].block_until_ready()
   cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+  # The prefetch thread finishes the examples already queued: let it, so
+  # that their CPU time does not count towards the next measurement.
+  time.sleep(1.0)
   n = steps * batch
   return {"images": n, "images_per_s_per_core": n / cpu, "images_per_s_wall": n / wall,
           "cpu_s": cpu, "wall_s": wall}
@@ -115,12 +189,14 @@ def main(argv=None) -> int:
                       help="distinct 480x640 scenes on disk (repeated by the pipeline)")
   parser.add_argument("--rows", type=int, default=4096,
                       help="dataset length (rows cycle over the distinct scenes)")
+  parser.add_argument("--decode-rounds", type=int, default=20,
+                      help="alternating Pillow/fast rounds of the decode timing")
   parser.add_argument("--json", help="also write the results to this file")
   args = parser.parse_args(argv)
   if min(args.scenes, args.images, args.threads, args.batch, args.distinct,
-         args.rows) < 1:
-    print("benchmark_data: --scenes/--images/--threads/--batch/--distinct/--rows must be >= 1",
-          file=sys.stderr)
+         args.rows, args.decode_rounds) < 1:
+    print("benchmark_data: --scenes/--images/--threads/--batch/--distinct/--rows/"
+          "--decode-rounds must be >= 1", file=sys.stderr)
     return 2
   results = {"host": platform.node(), "cpu_count": os.cpu_count(),
              "threads": args.threads, "batch": args.batch}
@@ -133,11 +209,19 @@ def main(argv=None) -> int:
   results["pipeline_480x640"] = {}
   with tempfile.TemporaryDirectory() as tmp:
     for name, source in build_datasets(pathlib.Path(tmp), examples, args.rows).items():
+      stages = bench_stages(source, min(args.images, 80))
       r = bench_pipeline(source, args.images, args.threads, args.batch)
+      r.update(stages)
+      r["rest_ms"] = 1e3 / r["images_per_s_per_core"] - r["decode_ms"] - r["augment_ms"]
       results["pipeline_480x640"][name] = r
       print(f"pipeline 480x640, {name}: {r['images_per_s_per_core']:.0f} images/s/core "
             f"({r['images_per_s_wall']:.0f}/s wall, {args.threads} thread(s), "
-            "target >= 200)")
+            f"target >= 200); CPU ms/image: decode {r['decode_ms']:.2f}, augment "
+            f"{r['augment_ms']:.2f}, rest (batching, transfer, Grain) {r['rest_ms']:.2f}")
+  results["decode_480x640"] = dec = bench_decode(examples, args.decode_rounds)
+  for kind, r in dec.items():
+    print(f"decode {kind} ({r['kb']:.0f} kB): Pillow {r['pillow_ms']:.2f} ms, "
+          f"fast path {r['fast_ms']:.2f} ms ({r['pillow_ms'] / r['fast_ms']:.2f}x)")
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
   return 0

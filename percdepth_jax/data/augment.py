@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -82,23 +83,36 @@ def hflip(example: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _mirror(array_HxW: np.ndarray) -> np.ndarray:
+  """Contiguous left-right mirrored copy of a 2-D array."""
+  if array_HxW.dtype == bool:
+    return cv2.flip(array_HxW.view(np.uint8), 1).view(bool)
+  if array_HxW.dtype in (np.uint8, np.uint16, np.float32, np.float64):
+    return cv2.flip(array_HxW, 1)
+  return np.ascontiguousarray(array_HxW[:, ::-1])
+
+
 def _flip_permute(image_HxWx3: np.ndarray, flip: bool, order: np.ndarray) -> np.ndarray:
   """Contiguous flipped and/or channel-permuted copy of a uint8 image.
 
-  NumPy copies a mirrored HxWx3 view ~10x slower than a reversed byte row,
-  so mirror the rows as flat bytes (which also reverses each pixel's
-  channels) and fold that reversal into the channel permutation.
+  cv2.flip copies 5-10x faster than NumPy's strided copies. Mirroring the
+  rows as flat bytes mirrors the pixels and also reverses their channels,
+  so a channel reversal costs one or two flips (cv2.cvtColor would start
+  OpenCV's worker threads); the other four permutations (1 image in 6 on
+  average) copy channel by channel.
   """
   h, w, _ = image_HxWx3.shape
-  if flip:
-    src = np.ascontiguousarray(image_HxWx3).reshape(h, w * 3)[:, ::-1].copy()
-    src = src.reshape(h, w, 3)
-    order = 2 - order
-  else:
-    src = image_HxWx3
-  out = np.empty((h, w, 3), np.uint8)
+  order = [int(c) for c in order]
+  if order == [2, 1, 0]:
+    # Without a flip, mirror the pixels first so that the byte flip undoes it.
+    image = np.ascontiguousarray(image_HxWx3 if flip else cv2.flip(image_HxWx3, 1))
+    return cv2.flip(image.reshape(h, w * 3), 1).reshape(h, w, 3)
+  image = cv2.flip(image_HxWx3, 1) if flip else image_HxWx3
+  if order == [0, 1, 2]:
+    return image if flip else np.array(image, order="C")
+  out = np.empty((h, w, 3), np.uint8)  # fancy indexing would not be C-ordered
   for c in range(3):
-    out[..., c] = src[..., order[c]]
+    out[..., c] = image[..., order[c]]
   return out
 
 
@@ -119,6 +133,9 @@ def augment(example: dict[str, Any], rng: np.random.Generator,
     out["image"] = _flip_permute(example["image"], flip, order)
   else:
     out["image"] = np.ascontiguousarray(example["image"])
+  if flip:  # hflip's views would be copied by NumPy's slower strided path
+    out["depth"] = _mirror(example["depth"])
+    out["valid"] = _mirror(example["valid"])
   out["depth"] = np.ascontiguousarray(out["depth"])
   out["valid"] = np.ascontiguousarray(out["valid"])
   return out

@@ -13,6 +13,7 @@ import os
 import pathlib
 from typing import Any
 
+import cv2
 import numpy as np
 
 from percdepth_jax.data import decode
@@ -117,15 +118,37 @@ class FolderSource(decode.FileSource):
     return f"FolderSource({str(self.manifest)!r}, {len(self)} examples)"
 
 
-def write_folder(out_dir: str | os.PathLike, examples, *, depth_scale: float = 1000.0
-                 ) -> pathlib.Path:
+def _png_bytes(array: np.ndarray, compression: int) -> bytes:
+  # Level 0 writes stored (uncompressed) deflate blocks without row filters,
+  # the one PNG layout that decodes at about memcpy speed (~4x faster than
+  # inflating and unfiltering a level-6 file); Pillow cannot switch the row
+  # filters off (its level 0 still needs unfiltering), OpenCV can.
+  if compression == 0:
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 0,
+              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+  else:
+    params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+  if array.ndim == 3:  # OpenCV writes BGR
+    array = np.ascontiguousarray(array[..., ::-1])
+  ok, buf = cv2.imencode(".png", array, params)
+  if not ok:
+    raise UserInputError(f"cannot encode a {array.dtype} {array.shape} array as PNG.")
+  return buf.tobytes()
+
+
+def write_folder(out_dir: str | os.PathLike, examples, *, depth_scale: float = 1000.0,
+                 png_compression: int = 0) -> pathlib.Path:
   """Writes examples as an RGB-D folder (rgb/*.png, depth/*.png uint16).
 
   Depth is stored as round(depth_m * depth_scale), 0 where invalid; the
   manifest records depth_scale and, when the examples carry them, intrinsics.
-  Returns the manifest path.
+  PNGs are uncompressed by default (`png_compression=0`: 1.5 MB per 480x640
+  frame, fastest to decode); 1-9 are zlib levels (0.13 MB per synthetic
+  480x640 frame at 6, decoding ~4x slower). Returns the manifest path.
   """
-  from PIL import Image
+  if not 0 <= png_compression <= 9:
+    raise UserInputError(
+        f"png_compression must be 0 (none) to 9 (smallest), got {png_compression}.")
   out = pathlib.Path(out_dir)
   (out / "rgb").mkdir(parents=True, exist_ok=True)
   (out / "depth").mkdir(parents=True, exist_ok=True)
@@ -138,8 +161,10 @@ def write_folder(out_dir: str | os.PathLike, examples, *, depth_scale: float = 1
       raise UserInputError(
           f"{name}: depth up to {stored.max() / depth_scale:.1f} m does not fit "
           f"a 16-bit PNG at depth_scale {depth_scale}; use a smaller scale.")
-    Image.fromarray(ex["image"]).save(out / "rgb" / f"{name}.png")
-    Image.fromarray(stored.astype(np.uint16)).save(out / "depth" / f"{name}.png")
+    (out / "rgb" / f"{name}.png").write_bytes(
+        _png_bytes(np.asarray(ex["image"], np.uint8), png_compression))
+    (out / "depth" / f"{name}.png").write_bytes(
+        _png_bytes(stored.astype(np.uint16), png_compression))
     if with_cam is None:
       with_cam = "intrinsics" in ex
     row = [f"rgb/{name}.png", f"depth/{name}.png", f"{depth_scale:g}"]
