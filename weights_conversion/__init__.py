@@ -1,9 +1,12 @@
-"""PyTorch/torchvision checkpoints -> Flax modules and percdepth_jax model directories.
+"""PyTorch/torchvision checkpoints and DenseDepth's Keras .h5 -> Flax modules
+and percdepth_jax model directories.
 
   python -m weights_conversion torchvision --arch densenet121 --input X.pth --output DIR
   python -m weights_conversion densedepth --input X.pth --output DIR [--densedepth-compat]
+  python -m weights_conversion densedepth-keras --input nyu.h5 --output DIR
 
-torch is imported only when a .pth file is read (the `torch` extra).
+torch is imported only when a .pth file is read (the `torch` extra); the .h5
+converter needs only h5py.
 """
 
 from weights_conversion.convert import (ConversionError, convert_densedepth,

@@ -1,10 +1,12 @@
-"""Command line: convert torchvision or DenseDepth-layout PyTorch weights.
+"""Command line: convert torchvision or DenseDepth-layout PyTorch weights, or
+DenseDepth's released Keras model.
 
   python -m weights_conversion torchvision --arch densenet121 --input densenet121.pth --output weights/densenet121
   python -m weights_conversion densedepth --input nyu.pth --output weights/densedepth_nyu --densedepth-compat
+  python -m weights_conversion densedepth-keras --input nyu.h5 --output weights/densedepth_nyu
 
 Exit code 0 on success, 2 on bad input (the message says what and why);
-nothing is written unless the whole state dict matches the model.
+nothing is written unless every weight in the file matches the model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from percdepth_jax.models.summary import format_parameter_counts
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m weights_conversion",
-      description="Convert PyTorch weights into a percdepth_jax model directory.")
+      description="Convert PyTorch or Keras weights into a percdepth_jax model directory.")
   sub = parser.add_subparsers(dest="format", required=True)
   tv = sub.add_parser("torchvision", help="a torchvision ImageNet state dict")
   tv.add_argument("--arch", required=True,
@@ -39,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
   dd.add_argument("--input-norm", default="unit", choices=["unit", "imagenet"],
                   help="input normalisation the checkpoint was trained with "
                        "(DenseDepth: unit, i.e. x/255)")
+  keras = sub.add_parser(
+      "densedepth-keras",
+      help="DenseDepth's Keras model (nyu.h5); options read from the file")
+  keras.add_argument("--input", required=True, help="whole-model Keras file (.h5)")
+  keras.add_argument("--output", required=True, help="new model directory")
   return parser
 
 
@@ -49,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.format == "torchvision":
       module = convert.convert_torchvision(args.arch, args.input, args.output)
+    elif args.format == "densedepth-keras":
+      from weights_conversion.densedepth_keras import convert_densedepth_keras
+      module = convert_densedepth_keras(args.input, args.output)
     else:
       config = convert.densedepth_model_config(
           encoder=args.encoder, decoder_width=args.decoder_width,

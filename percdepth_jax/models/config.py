@@ -38,6 +38,8 @@ class ModelConfig:
   leaky_relu_after_conv_a: the paper applies LeakyReLU(0.2) after both convs of
     a bridge block; DenseDepth's PyTorch code omits the one after convA.
   min_depth, max_depth: the valid range in metres (predictions are clipped).
+  batchnorm_eps: epsilon of the encoder's BatchNorms: 1e-5 as in torchvision,
+    1.001e-5 for Keras DenseNets (converted DenseDepth .h5 models).
   dtype: compute dtype; parameters and BatchNorm statistics stay float32.
   """
 
@@ -49,6 +51,7 @@ class ModelConfig:
   leaky_relu_after_conv_a: bool = True
   min_depth: float = 0.1
   max_depth: float = 10.0
+  batchnorm_eps: float = 1e-5
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -64,6 +67,9 @@ class ModelConfig:
       raise UserInputError(
           f"model config needs 0 < min_depth < max_depth, got "
           f"{self.min_depth}, {self.max_depth}.")
+    if not 0.0 < self.batchnorm_eps < 1e-2:
+      raise UserInputError(
+          f"model config batchnorm_eps={self.batchnorm_eps} must be in (0, 0.01).")
 
   @property
   def compute_dtype(self):

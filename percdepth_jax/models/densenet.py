@@ -57,11 +57,11 @@ class DenseLayer(nnx.Module):
   """BN-ReLU-Conv1x1 (bottleneck) then BN-ReLU-Conv3x3 producing `growth_rate` maps."""
 
   def __init__(self, in_features: int, growth_rate: int, bn_size: int, *,
-               dtype, rngs: nnx.Rngs):
+               bn_eps: float, dtype, rngs: nnx.Rngs):
     width = bn_size * growth_rate
-    self.norm1 = BatchNorm2d(in_features, dtype=dtype)
+    self.norm1 = BatchNorm2d(in_features, eps=bn_eps, dtype=dtype)
     self.conv1 = Conv2d(in_features, width, 1, use_bias=False, dtype=dtype, rngs=rngs)
-    self.norm2 = BatchNorm2d(width, dtype=dtype)
+    self.norm2 = BatchNorm2d(width, eps=bn_eps, dtype=dtype)
     self.conv2 = Conv2d(width, growth_rate, 3, padding=1, use_bias=False,
                         dtype=dtype, rngs=rngs)
     # Recompute this layer's activations in the backward pass instead of
@@ -82,12 +82,12 @@ class DenseBlock(nnx.Module):
   """`denselayer1..N`, each seeing the concatenation of all earlier maps."""
 
   def __init__(self, num_layers: int, in_features: int, growth_rate: int,
-               bn_size: int, *, dtype, rngs: nnx.Rngs):
+               bn_size: int, *, bn_eps: float, dtype, rngs: nnx.Rngs):
     self.num_layers = num_layers
     for i in range(num_layers):
       setattr(self, f"denselayer{i + 1}",
               DenseLayer(in_features + i * growth_rate, growth_rate, bn_size,
-                         dtype=dtype, rngs=rngs))
+                         bn_eps=bn_eps, dtype=dtype, rngs=rngs))
 
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     features = [x_BxHxWxC]
@@ -100,9 +100,9 @@ class DenseBlock(nnx.Module):
 class Transition(nnx.Module):
   """BN-ReLU-Conv1x1 halving the channels, then 2x2 average pooling."""
 
-  def __init__(self, in_features: int, out_features: int, *, dtype,
-               rngs: nnx.Rngs):
-    self.norm = BatchNorm2d(in_features, dtype=dtype)
+  def __init__(self, in_features: int, out_features: int, *, bn_eps: float,
+               dtype, rngs: nnx.Rngs):
+    self.norm = BatchNorm2d(in_features, eps=bn_eps, dtype=dtype)
     self.conv = Conv2d(in_features, out_features, 1, use_bias=False,
                        dtype=dtype, rngs=rngs)
 
@@ -113,21 +113,23 @@ class Transition(nnx.Module):
 class DenseNetFeatures(nnx.Module):
   """torchvision's `DenseNet.features`: conv0 ... norm5."""
 
-  def __init__(self, spec: DenseNetSpec, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, spec: DenseNetSpec, *, bn_eps: float = 1e-5, dtype,
+               rngs: nnx.Rngs):
     self.conv0 = Conv2d(3, spec.num_init_features, 7, stride=2, padding=3,
                         use_bias=False, dtype=dtype, rngs=rngs)
-    self.norm0 = BatchNorm2d(spec.num_init_features, dtype=dtype)
+    self.norm0 = BatchNorm2d(spec.num_init_features, eps=bn_eps, dtype=dtype)
     channels = spec.num_init_features
     for i, num_layers in enumerate(spec.block_config):
       setattr(self, f"denseblock{i + 1}",
               DenseBlock(num_layers, channels, spec.growth_rate, spec.bn_size,
-                         dtype=dtype, rngs=rngs))
+                         bn_eps=bn_eps, dtype=dtype, rngs=rngs))
       channels += num_layers * spec.growth_rate
       if i < len(spec.block_config) - 1:
         setattr(self, f"transition{i + 1}",
-                Transition(channels, channels // 2, dtype=dtype, rngs=rngs))
+                Transition(channels, channels // 2, bn_eps=bn_eps, dtype=dtype,
+                           rngs=rngs))
         channels //= 2
-    self.norm5 = BatchNorm2d(channels, dtype=dtype)
+    self.norm5 = BatchNorm2d(channels, eps=bn_eps, dtype=dtype)
     self.num_features = channels
 
   def __call__(self, x_BxHxWx3: jax.Array) -> dict[str, jax.Array]:
@@ -150,16 +152,18 @@ class DenseNet(nnx.Module):
   Input: NHWC float, already normalised as torchvision expects.
   Output: dict with relu0 (H/2), pool0 (H/4), transition1 (H/8),
   transition2 (H/16), norm5 (H/32) and optionally logits (B x num_classes).
+  bn_eps: BatchNorm epsilon, 1e-5 as torchvision (Keras DenseNets: 1.001e-5).
   """
 
   def __init__(self, arch: str = "densenet121", *, num_classes: int | None = None,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               bn_eps: float = 1e-5, dtype=jnp.float32, rngs: nnx.Rngs):
     if arch not in DENSENET_SPECS:
       raise ValueError(f"unknown DenseNet arch {arch!r}; "
                        f"choose one of {sorted(DENSENET_SPECS)}")
     self.arch = arch
     self.spec = DENSENET_SPECS[arch]
-    self.features = DenseNetFeatures(self.spec, dtype=dtype, rngs=rngs)
+    self.features = DenseNetFeatures(self.spec, bn_eps=bn_eps, dtype=dtype,
+                                     rngs=rngs)
     self.classifier = (Linear(self.features.num_features, num_classes,
                               dtype=dtype, rngs=rngs)
                        if num_classes else None)

@@ -12,6 +12,8 @@ from percdepth_jax.models.decoder import Decoder
 from percdepth_jax.models.densenet import DenseNet
 from percdepth_jax.models.layers import resize_bilinear_align_corners
 
+INPUT_MULTIPLE = 32  # the encoder's total stride: input H and W are multiples of it
+
 
 class DepthNet(nnx.Module):
   """Monocular depth network of DESIGN.md section 2.
@@ -25,7 +27,8 @@ class DepthNet(nnx.Module):
   def __init__(self, config: ModelConfig = ModelConfig(), *, rngs: nnx.Rngs):
     self.config = config
     dtype = config.compute_dtype
-    self.encoder = DenseNet(config.encoder, dtype=dtype, rngs=rngs)
+    self.encoder = DenseNet(config.encoder, bn_eps=config.batchnorm_eps,
+                            dtype=dtype, rngs=rngs)
     self.decoder = Decoder(self.encoder.spec.skip_features,
                            width=config.decoder_width,
                            leaky_relu_after_conv_a=config.leaky_relu_after_conv_a,
@@ -39,8 +42,8 @@ class DepthNet(nnx.Module):
 
   def __call__(self, image_BxHxWx3: jax.Array) -> jax.Array:
     _, height, width, _ = image_BxHxWx3.shape
-    if height % 32 or width % 32:
-      raise ValueError(f"DepthNet input height and width must be multiples of 32, "
+    if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
+      raise ValueError(f"DepthNet input height and width must be multiples of {INPUT_MULTIPLE}, "
                        f"got {height}x{width}; predict_depth resizes for you.")
     features = self.encoder(self.normalize(image_BxHxWx3))
     out = self.decoder(features)
