@@ -25,6 +25,7 @@ from flax import nnx
 
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.models import DenseNet, DepthNet, ModelConfig, ResNet50
+from percdepth_jax.models.resnet import STAGES
 
 FORMAT = "percdepth_jax.model"
 VERSION = 1
@@ -196,3 +197,54 @@ def load_model(path: str | os.PathLike, *, expect_kind: str | None = "depth_net"
   module = nnx.merge(graphdef, state)
   module.eval()
   return module
+
+
+def _describe(meta: dict[str, Any]) -> str:
+  """What a model directory holds, in the words of the convert command."""
+  if meta["kind"] == "densenet":
+    return str(meta["config"].get("arch", "a DenseNet"))
+  if meta["kind"] == "resnet50":
+    return f"resnet50 (up to {meta['config'].get('last_stage', 'layer4')})"
+  return "a whole depth model (depth_net)"
+
+
+def _truncate_resnet(module: ResNet50, last_stage: str) -> ResNet50:
+  """The same ResNet-50 cut after `last_stage` (the later stages and fc dropped)."""
+  abstract = build_module("resnet50", {"last_stage": last_stage, "num_classes": None},
+                          abstract=True)
+  arrays = {path: variable.get_value()
+            for path, variable in nnx.to_flat_state(nnx.state(module))}
+  truncated = fill_module(abstract, arrays)
+  truncated.eval()
+  return truncated
+
+
+def load_backbone(arch: str, path: str | os.PathLike, *,
+                  last_stage: str | None = None) -> nnx.Module:
+  """An ImageNet backbone from a directory of `python -m weights_conversion
+  torchvision`, checked against `arch` (densenet121/161/169/201, resnet50).
+
+  `last_stage` (resnet50 only) returns the network cut after that stage, so
+  a converted full ResNet-50 serves as the perceptual network (layer1).
+  Raises UserInputError when the directory holds another architecture or a
+  ResNet-50 that ends before `last_stage`.
+  """
+  directory = pathlib.Path(path)
+  meta = read_model_json(directory)
+  kind = "resnet50" if arch == "resnet50" else "densenet"
+  found_arch = meta["config"].get("arch") if meta["kind"] == "densenet" else meta["kind"]
+  if meta["kind"] != kind or found_arch != arch:
+    hint = (" To start training from a whole depth model use "
+            "--config.init.model=DIR." if meta["kind"] == "depth_net" else "")
+    raise UserInputError(
+        f"{directory} holds {_describe(meta)}, not {arch}. Convert the {arch} "
+        f"weights with `python -m weights_conversion torchvision --arch {arch} "
+        f"--input {arch}.pth --output DIR` and pass that directory.{hint}")
+  module = load_model(directory, expect_kind=kind)
+  if last_stage is None or module.last_stage == last_stage:
+    return module
+  if STAGES.index(module.last_stage) < STAGES.index(last_stage):
+    raise UserInputError(
+        f"{directory} holds resnet50 up to {module.last_stage}, which ends before "
+        f"{last_stage}; convert the full torchvision resnet50 .pth file.")
+  return _truncate_resnet(module, last_stage)

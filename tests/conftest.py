@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import pathlib
+import shutil
+import tempfile
+
+# One persistent XLA compilation cache for the whole session, shared by this
+# process and the scripts the tests run as subprocesses: a network that many
+# runs use (the tiny config, the journeys' models) compiles once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="percdepth-xla-cache-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 
 import numpy as np
 import pytest

@@ -6,35 +6,20 @@ import json
 
 import numpy as np
 import pytest
-from flax import nnx
 
 import percdepth_jax
-from percdepth_jax import evaluation, metrics, model_io
+from percdepth_jax import evaluation, metrics
 from percdepth_jax.data import resolve_spec
-from percdepth_jax.models import DepthNet, ModelConfig
-from percdepth_jax.models.layers import BatchNorm2d
 from scripts import evaluate as evaluate_script
+from tests import helpers
 
 DATA = "synthetic:3:5"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-  """A toy DepthNet as a model directory. Random BatchNorm statistics and a
-  conv3 bias of 4 (2.5 m in DepthNorm) keep its depth maps varied and in
-  range, so crops and clipping change the numbers."""
-  config = ModelConfig(encoder="densenet_tiny")
-  model = DepthNet(config, rngs=nnx.Rngs(0))
-  rng = np.random.RandomState(1)
-  for _, module in nnx.iter_modules(model):
-    if isinstance(module, BatchNorm2d):
-      n = module.mean[...].shape[0]
-      module.mean[...] = rng.normal(0.0, 0.5, n).astype(np.float32)
-      module.var[...] = rng.uniform(0.5, 2.0, n).astype(np.float32)
-  model.decoder.conv3.bias[...] = np.full((1,), 4.0, np.float32)
-  path = tmp_path_factory.mktemp("evaluate") / "model"
-  model_io.save_model(model, path, kind="depth_net", config=config.to_dict())
-  return path
+  """A toy DepthNet as a model directory, with varied, in-range depth maps."""
+  return helpers.save_toy_model(tmp_path_factory.mktemp("evaluate") / "model")
 
 
 def test_big_vision_predicts_on_the_crop(checkpoint):

@@ -6,49 +6,26 @@ import json
 import jax
 import numpy as np
 import pytest
-from flax import nnx
-from PIL import Image
 
 import percdepth_jax
-from percdepth_jax import export, model_io
-from percdepth_jax.models import DepthNet, ModelConfig
-from percdepth_jax.models.layers import BatchNorm2d
+from percdepth_jax import export
 from scripts import export as export_script
-from tests.conftest import REAL_RGBD, relative_max_error
+from tests import helpers
+from tests.conftest import relative_max_error
 
 HEIGHT, WIDTH = 64, 96
-
-
-def _save_toy_model(path, **config_fields):
-  """A toy DepthNet saved as a model directory. Random BatchNorm statistics
-  and a conv3 bias of 4 (2.5 m in DepthNorm) keep its depth maps varied and
-  inside [0.1, 10] m: a clipped, constant output would hide export errors."""
-  config = ModelConfig(encoder="densenet_tiny", **config_fields)
-  model = DepthNet(config, rngs=nnx.Rngs(0))
-  rng = np.random.RandomState(1)
-  for _, module in nnx.iter_modules(model):
-    if isinstance(module, BatchNorm2d):
-      n = module.mean[...].shape[0]
-      module.mean[...] = rng.normal(0.0, 0.5, n).astype(np.float32)
-      module.var[...] = rng.uniform(0.5, 2.0, n).astype(np.float32)
-  model.decoder.conv3.bias[...] = np.full((1,), 4.0, np.float32)
-  model_io.save_model(model, path, kind="depth_net", config=config.to_dict())
-  return path
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   """The paper variant (full-resolution output)."""
-  return _save_toy_model(tmp_path_factory.mktemp("export") / "model")
+  return helpers.save_toy_model(tmp_path_factory.mktemp("export") / "model")
 
 
 @pytest.fixture(scope="module")
 def frames():
   """The three NYU frames, resized to the export size: uint8 3 x H x W x 3."""
-  paths = sorted((REAL_RGBD / "nyu" / "rgb").glob("*.jpg"))
-  assert len(paths) == 3
-  return np.stack([np.asarray(Image.open(p).convert("RGB").resize(
-      (WIDTH, HEIGHT), Image.BILINEAR)) for p in paths])
+  return helpers.nyu_images(HEIGHT, WIDTH)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +100,7 @@ def test_onnx_matches_predict_depth(checkpoint, frames, reference, tmp_path):
 def test_half_resolution_output(frames, tmp_path):
   """A DenseDepth-compat model (output at H/2 x W/2) is upsampled in both
   formats as predict_depth upsamples it (no flip: one pass is enough here)."""
-  checkpoint = _save_toy_model(tmp_path / "compat", output_stride=2,
+  checkpoint = helpers.save_toy_model(tmp_path / "compat", output_stride=2,
                                input_norm="unit", leaky_relu_after_conv_a=False)
   expected = percdepth_jax.predict_depth(percdepth_jax.load_model(checkpoint),
                                          frames, flip=False)

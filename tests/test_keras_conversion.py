@@ -29,6 +29,7 @@ from percdepth_jax import metrics
 from percdepth_jax.models import ModelConfig
 from percdepth_jax.models.densenet import DenseNet
 from percdepth_jax.models.layers import BatchNorm2d
+from tests import helpers
 from tests.conftest import REAL_RGBD, REPO, relative_max_error
 from weights_conversion import __main__ as cli
 
@@ -49,10 +50,7 @@ SMALL = "densenet121_full_no_leaky"  # the cheaper one, for scripts and bad file
 @pytest.fixture(scope="module")
 def frames():
   """The three NYU frames at HEIGHT x WIDTH: uint8, 3 x H x W x 3."""
-  paths = sorted((REAL_RGBD / "nyu" / "rgb").glob("*.jpg"))
-  assert len(paths) == 3
-  return np.stack([np.asarray(Image.open(p).convert("RGB").resize(
-      (WIDTH, HEIGHT), Image.BILINEAR)) for p in paths])
+  return helpers.nyu_images(HEIGHT, WIDTH)
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,39 @@ def test_resnet50_truncated_after_layer1(resnet50):
   assert relative_max_error(out["layer1"], expected) <= TOLERANCE
 
 
+def test_perceptual_net_from_converted_full_resnet50(resnet50, tmp_path):
+  """A directory holding the full converted ResNet-50 (what the README's
+  convert command writes) serves as the perceptual network: cut after
+  layer1, its layer1 equals torchvision's."""
+  torch_model, path, _ = resnet50
+  convert_torchvision("resnet50", path, tmp_path / "resnet50")
+  truncated = load_torchvision("resnet50", tmp_path / "resnet50", last_stage="layer1")
+  assert truncated.last_stage == "layer1" and not hasattr(truncated, "layer2")
+  x = _normalised_images(64, 96, seed=3)
+  with torch.no_grad():
+    expected = nhwc(torch_model.layer1(torch_model.maxpool(torch_model.relu(
+        torch_model.bn1(torch_model.conv1(nchw(x)))))))
+  assert relative_max_error(_forward(truncated, x)["layer1"], expected) <= TOLERANCE
+
+
+def test_load_torchvision_checks_the_directory_architecture(resnet50, tmp_path):
+  """load_torchvision(arch, DIR) on a directory of another architecture is a
+  UserInputError naming both and the convert command, not a later traceback;
+  so is a ResNet-50 cut before the stage asked for."""
+  _, path, _ = resnet50
+  convert_torchvision("resnet50", path, tmp_path / "resnet50")
+  with pytest.raises(percdepth_jax.UserInputError,
+                     match=r"holds resnet50 \(up to layer4\), not densenet121.*--arch densenet121"):
+    load_torchvision("densenet121", tmp_path / "resnet50")
+  torch.manual_seed(0)
+  torch.save(torchvision.models.densenet121(weights=None).state_dict(), tmp_path / "d.pth")
+  convert_torchvision("densenet121", tmp_path / "d.pth", tmp_path / "densenet121")
+  with pytest.raises(percdepth_jax.UserInputError, match="holds densenet121, not densenet169"):
+    load_torchvision("densenet169", tmp_path / "densenet121")
+  with pytest.raises(percdepth_jax.UserInputError, match="holds densenet121, not resnet50"):
+    load_torchvision("resnet50", tmp_path / "densenet121", last_stage="layer1")
+
+
 @pytest.fixture(scope="module")
 def converted_depth_models(torch_depth_models, tmp_path_factory):
   converted = {}

@@ -1,5 +1,6 @@
 """Training end to end on the tiny config: outputs, device-count invariance,
-exact resume, two processes, SIGTERM, and the non-finite-loss guard.
+exact resume, finished re-runs, two processes, SIGTERM, the non-finite-loss
+guard, and bad input refused before anything is written.
 
 Runs go through scripts/train.py in subprocesses (as users run it), so that
 the device count and the multi-process setup can differ between runs.
@@ -111,14 +112,45 @@ def test_losses_do_not_depend_on_device_count(one_device_run, tmp_path, num_devi
   np.testing.assert_allclose(_losses(workdir), _losses(one_device_run), rtol=1e-4)
 
 
-def test_resume_equals_uninterrupted(one_device_run, tmp_path):
-  """3 steps = 2 steps, then the same command with num_steps=3 resuming:
-  identical losses (model, optimizer and data iterator restored)."""
-  workdir = tmp_path / "resumed"
-  _train(workdir, "--config.num_steps=2")
-  result = _train(workdir, "--config.num_steps=3")
-  assert "resuming" in result.stdout
-  np.testing.assert_allclose(_losses(workdir), _losses(one_device_run), rtol=1e-6)
+def _checkpoint_arrays(workdir, step: int) -> dict:
+  """Every array of a saved training checkpoint: parameters, BatchNorm
+  statistics, optimizer state and step, as flat {path: array}."""
+  import jax
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(workdir / "checkpoints") as manager:
+    restored = manager.restore(step)
+  tree = {"model": restored["model"], "train": restored["train"]}
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+  """4 steps, stop, the same command resumed to 8 (past an evaluation at
+  step 4) == 8 steps uninterrupted: the same loss at every step, bit for bit,
+  and identical final parameters, BatchNorm statistics and optimizer state."""
+  common = ("--config.eval_every=4", "--config.checkpoint_every=4")
+  straight = tmp_path / "straight"
+  _train(straight, "--config.num_steps=8", *common)
+  resumed = tmp_path / "resumed"
+  _train(resumed, "--config.num_steps=4", *common)
+  result = _train(resumed, "--config.num_steps=8", *common)
+  assert f"resuming {resumed} from step 4" in result.stdout
+  assert [r["step"] for r in _train_lines(resumed)] == list(range(1, 9))
+  np.testing.assert_array_equal(_losses(resumed), _losses(straight))
+  a, b = _checkpoint_arrays(straight, 8), _checkpoint_arrays(resumed, 8)
+  assert a.keys() == b.keys() and any("opt_state" in k for k in a)
+  assert any("batch_stats" in k for k in a)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_finished_run_says_so(one_device_run):
+  """Re-running a finished run writes nothing new, says it is finished and
+  exits 0 (no error from the kept best/ checkpoint)."""
+  before = (one_device_run / "metrics.jsonl").read_text()
+  result = _train(one_device_run, "--config.num_steps=3")
+  assert "is finished" in result.stdout and "resuming" not in result.stdout
+  assert (one_device_run / "metrics.jsonl").read_text() == before
 
 
 def _free_port() -> int:
@@ -145,13 +177,15 @@ def test_two_processes_match_one(one_device_run, tmp_path):
   np.testing.assert_allclose(_losses(workdir), _losses(one_device_run), rtol=1e-4)
 
 
-def test_sigterm_saves_and_resumes(tmp_path):
-  """SIGTERM mid-run: the step in progress finishes, a checkpoint is saved,
-  the exit is clean (0), and re-running continues from there."""
+def test_sigterm_saves_exits_75_and_resumes_with_the_due_evaluation(tmp_path):
+  """SIGTERM mid-run: the step in progress finishes, a checkpoint is saved and
+  the exit code is 75 ("pre-empted: re-run to resume"). With an evaluation
+  due at every step, the one due at the stop step did not run; the re-run
+  runs it first, then continues."""
   workdir = tmp_path / "sigterm"
   proc = subprocess.Popen(
       _train_cmd(workdir, "--config.num_steps=100000", "--config.checkpoint_every=100000",
-                 "--config.keep_checkpoints=1"),
+                 "--config.keep_checkpoints=1", "--config.eval_every=1"),
       cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 400
   metrics = workdir / "metrics.jsonl"
@@ -160,12 +194,18 @@ def test_sigterm_saves_and_resumes(tmp_path):
     time.sleep(0.5)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-3000:]
+  assert proc.returncode == 75, err[-3000:]
   assert "SIGTERM: saved step" in out
   steps = _checkpoint_steps(workdir)
   assert len(steps) == 1 and steps[0] >= 2
-  result = _train(workdir, f"--config.num_steps={steps[0] + 1}")
-  assert f"resuming {workdir} from step {steps[0]}" in result.stdout
+  stop = steps[0]
+  evals = lambda: [json.loads(l)["step"] for l in metrics.read_text().splitlines()
+                   if "eval/d1" in l]
+  assert stop not in evals()
+  result = _train(workdir, f"--config.num_steps={stop + 1}")
+  assert f"resuming {workdir} from step {stop}" in result.stdout
+  assert f"eval @ {stop}:" in result.stdout
+  assert evals()[-2:] == [stop, stop + 1]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -194,3 +234,55 @@ def test_missing_imagenet_weights_is_a_clear_error(tmp_path):
                   f"--config.init.encoder_weights={tmp_path / 'absent'}", expect=2)
   assert "python -m weights_conversion torchvision --arch densenet121" in result.stderr
   assert "from_scratch=True" in result.stderr
+  assert not (tmp_path / "w").exists()  # nothing written on a failed start
+
+
+@pytest.mark.parametrize("overrides,num_devices,message", [
+    (["--config.data.eval_batch_size=3"], 2,
+     "config.data.eval_batch_size=3 must be a positive multiple of the number of devices (2)"),
+    (["--config.data.height=50"], 1,
+     "frames are 50x64; the network takes heights and widths that are multiples of 32"),
+    (["--config.optimizer.lr=1e-3"], 1,
+     "has no field 'optimizer.lr'. Did you mean --config.optimizer.learning_rate?"),
+    (["--config.data.train=folder:missing/manifest.csv"], 1, "missing/manifest.csv"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, overrides, num_devices, message):
+  """A batch size the devices cannot split, frames that are not multiples of
+  32, a mistyped override, missing data: one clear message, exit code 2, and
+  no workdir left behind."""
+  workdir = tmp_path / "w"
+  result = _train(workdir, *overrides, num_devices=num_devices, expect=2)
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
+
+
+def test_crop_and_skip_bad(tmp_path):
+  """An RGB-D folder of 70x90 frames with one corrupt image: uncropped, the
+  run refuses the size and names the crop to set; without skip_bad it stops
+  at the corrupt file, naming it (exit 2); with data.crop=64,64 and
+  skip_bad it trains, names the skipped file in the log and counts it in
+  report.json."""
+  from PIL import Image
+  root = tmp_path / "rgbd"
+  (root / "rgb").mkdir(parents=True)
+  (root / "depth").mkdir()
+  rng = np.random.default_rng(0)
+  rows = ["rgb,depth"]
+  for i in range(5):
+    Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(root / "rgb" / f"{i}.png")
+    Image.fromarray(rng.integers(500, 5000, (70, 90)).astype(np.uint16)).save(root / "depth" / f"{i}.png")
+    rows.append(f"rgb/{i}.png,depth/{i}.png")
+  (root / "rgb" / "2.png").write_bytes(b"not a png")
+  (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+  data = (f"--config.data.train=folder:{root / 'manifest.csv'}",
+          f"--config.data.eval=folder:{root / 'manifest.csv'}")
+  refused = _train(tmp_path / "strict", *data, "--config.data.crop=64,64", expect=2)
+  assert "rgb/2.png" in refused.stderr and "Traceback" not in refused.stderr
+  uncropped = _train(tmp_path / "uncropped", *data, expect=2)
+  assert "--config.data.crop=64,64" in uncropped.stderr
+  workdir = tmp_path / "skipping"
+  result = _train(workdir, *data, "--config.data.crop=64,64", "--config.data.skip_bad=True")
+  assert "rgb/2.png" in result.stderr + result.stdout
+  report = json.loads((workdir / "report.json").read_text())
+  assert len(report["skipped"]["eval"]) == 1 and "rgb/2.png" in report["skipped"]["eval"][0]

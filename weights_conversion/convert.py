@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from percdepth_jax.errors import UserInputError
-from percdepth_jax.model_io import build_module, fill_module, load_model, save_model
+from percdepth_jax.model_io import build_module, fill_module, load_backbone, save_model
 from percdepth_jax.models import ModelConfig
 from percdepth_jax.models.densenet import DENSENET_SPECS
 from percdepth_jax.models.resnet import STAGES
@@ -30,6 +30,12 @@ def _listing(title: str, items: list[str]) -> str:
   shown = "\n    ".join(items[:_SHOW])
   more = f"\n    ... and {len(items) - _SHOW} more" if len(items) > _SHOW else ""
   return f"  {title} ({len(items)}):\n    {shown}{more}"
+
+
+def mismatch_report(header: str, problems: dict[str, list[str]]) -> list[str]:
+  """The lines of a "does not match" error: the header, then each non-empty
+  list of offending names under its title."""
+  return [header] + [_listing(title, items) for title, items in problems.items() if items]
 
 
 def convert_state_dict(state_dict: dict[str, np.ndarray], abstract: nnx.Module,
@@ -59,13 +65,10 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], abstract: nnx.Module,
   unexpected = sorted(k for k in state_dict
                       if k not in used and not is_ignored(k, fmt, extra_ignored))
   if missing or unexpected or mismatched:
-    parts = [f"{source} does not match the model; nothing was written."]
-    if missing:
-      parts.append(_listing("missing keys", missing))
-    if unexpected:
-      parts.append(_listing("unexpected keys", unexpected))
-    if mismatched:
-      parts.append(_listing("keys with the wrong shape", mismatched))
+    parts = mismatch_report(
+        f"{source} does not match the model; nothing was written.",
+        {"missing keys": missing, "unexpected keys": unexpected,
+         "keys with the wrong shape": mismatched})
     guess = guess_architecture(state_dict)
     if guess:
       parts.append(f"  The file looks like {guess}.")
@@ -124,12 +127,7 @@ def load_torchvision(arch: str, path: str | os.PathLike, *,
   ResNet-50 truncated after layer1 (the perceptual network).
   """
   if pathlib.Path(path).is_dir():
-    module = load_model(path, expect_kind=None)
-    if last_stage is not None and getattr(module, "last_stage", None) != last_stage:
-      raise UserInputError(f"{path} holds a model ending at "
-                           f"{getattr(module, 'last_stage', None)}, not {last_stage}; "
-                           "convert the .pth file again with that truncation.")
-    return module
+    return load_backbone(arch, path, last_stage=last_stage)
   module, _, _ = torchvision_to_flax(arch, path, last_stage=last_stage)
   return module
 
@@ -190,19 +188,3 @@ def convert_densedepth(input_path: str | os.PathLike, output_dir: str | os.PathL
   save_model(module, output_dir, kind="depth_net", config=config.to_dict(),
              source={"format": "densedepth", "file": pathlib.Path(input_path).name})
   return module
-
-
-def load_torchvision_checked(arch: str, path: str, *, what: str,
-                             last_stage: str | None = None) -> nnx.Module:
-  """`load_torchvision` for config paths: a missing file says how to make it."""
-  if not path or not pathlib.Path(path).exists():
-    raise UserInputError(
-        f"{what}={path!r} does not exist. Make it from torchvision's ImageNet "
-        f"weights on a connected machine:\n"
-        f"  python -c \"import torch, torchvision as tv; torch.save(tv.models."
-        f"{arch}(weights='IMAGENET1K_V1').state_dict(), '{arch}.pth')\"\n"
-        f"  python -m weights_conversion torchvision --arch {arch} --input "
-        f"{arch}.pth --output {path or 'weights/' + arch}\n"
-        f"or train from random init with --config.{what.split('.', 1)[1].rsplit('.', 1)[0]}"
-        ".from_scratch=True.")
-  return load_torchvision(arch, path, last_stage=last_stage)

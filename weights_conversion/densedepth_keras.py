@@ -33,7 +33,7 @@ from percdepth_jax.errors import UserInputError
 from percdepth_jax.model_io import build_module, fill_module, save_model
 from percdepth_jax.models import ModelConfig
 from percdepth_jax.models.densenet import DENSENET_SPECS
-from weights_conversion.convert import (ConversionError, _listing,
+from weights_conversion.convert import (ConversionError, _listing, mismatch_report,
                                         densedepth_model_config)
 from weights_conversion.keras_h5 import KerasModelFile, read_keras_h5
 
@@ -302,14 +302,10 @@ def match_weights(model_file: KerasModelFile, abstract: nnx.Module
   unexpected = sorted(f"{layer}/{weight}" for layer, weights in model_file.weights.items()
                       for weight in weights if f"{layer}/{weight}" not in used)
   if missing or unexpected or mismatched:
-    parts = [f"{model_file.path} does not match DenseDepth's Keras model; nothing "
-             "was written."]
-    if missing:
-      parts.append(_listing("missing weights", missing))
-    if unexpected:
-      parts.append(_listing("unexpected weights", unexpected))
-    if mismatched:
-      parts.append(_listing("weights with the wrong shape", mismatched))
+    parts = mismatch_report(
+        f"{model_file.path} does not match DenseDepth's Keras model; nothing was written.",
+        {"missing weights": missing, "unexpected weights": unexpected,
+         "weights with the wrong shape": mismatched})
     parts.append("  A truncated or edited file reads like this: download or save "
                  "it again.")
     raise ConversionError("\n".join(parts))

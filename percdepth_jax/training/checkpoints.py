@@ -2,8 +2,10 @@
 
 A workdir holds
   model.json            the model config (same format as a converted model dir)
-  checkpoints/<step>/   latest N: model (params + batch stats), train (optimizer
-                        state, step), data (input iterator state), meta
+  checkpoints/<step>/   latest N: model (params + batch stats; the params'
+                        moving average when the run keeps one), train
+                        (optimizer state, step; then also the raw params),
+                        data (input iterator state), meta
   best/<step>/          the best evaluation so far by d1: model, meta
 Orbax writes each step to a temporary directory and renames it when complete,
 so a killed run always leaves its last finished checkpoint usable.
@@ -23,8 +25,19 @@ BEST_DIR = "best"
 
 
 def _model_item(state) -> dict[str, Any]:
-  return {"params": nnx.to_pure_dict(state["params"]),
+  """The weights that evaluation uses and `load_model` reads: the moving
+  average of the parameters when the run keeps one."""
+  return {"params": nnx.to_pure_dict(state.get("ema_params", state["params"])),
           "batch_stats": nnx.to_pure_dict(state["batch_stats"])}
+
+
+def _train_item(state) -> dict[str, Any]:
+  """What resuming needs besides the model item (with an average kept, the
+  raw parameters live here)."""
+  item = {"opt_state": state["opt_state"], "step": state["step"]}
+  if "ema_params" in state:
+    item["params"] = nnx.to_pure_dict(state["params"])
+  return item
 
 
 def _abstract(tree):
@@ -55,15 +68,17 @@ class Checkpoints:
 
   def save(self, step: int, state, data_state: dict[str, Any],
            meta: dict[str, Any]) -> None:
-    train_item = {"opt_state": state["opt_state"], "step": state["step"]}
     self.latest.save(step, args=ocp.args.Composite(
         model=ocp.args.StandardSave(_model_item(state)),
-        train=ocp.args.StandardSave(train_item),
+        train=ocp.args.StandardSave(_train_item(state)),
         data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)), force=True)
 
   def save_best(self, step: int, state, metrics: dict[str, float],
                 meta: dict[str, Any]) -> None:
+    if step in self.best.all_steps():
+      # A resumed run evaluates this step again; its checkpoint is already kept.
+      return
     self.best.save(step, metrics={"d1": float(metrics["d1"])},
                    args=ocp.args.Composite(
                        model=ocp.args.StandardSave(_model_item(state)),
@@ -78,16 +93,18 @@ class Checkpoints:
       return None
     restored = self.latest.restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(_abstract(_model_item(state))),
-        train=ocp.args.StandardRestore(_abstract(
-            {"opt_state": state["opt_state"], "step": state["step"]})),
+        train=ocp.args.StandardRestore(_abstract(_train_item(state))),
         data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
-    params, batch_stats = state["params"], state["batch_stats"]
-    nnx.replace_by_pure_dict(params, restored.model["params"])
-    nnx.replace_by_pure_dict(batch_stats, restored.model["batch_stats"])
-    new_state = {"params": params, "batch_stats": batch_stats,
-                 "opt_state": restored.train["opt_state"],
-                 "step": restored.train["step"]}
+    new_state = dict(state)
+    nnx.replace_by_pure_dict(new_state["batch_stats"], restored.model["batch_stats"])
+    if "ema_params" in state:
+      nnx.replace_by_pure_dict(new_state["ema_params"], restored.model["params"])
+      nnx.replace_by_pure_dict(new_state["params"], restored.train["params"])
+    else:
+      nnx.replace_by_pure_dict(new_state["params"], restored.model["params"])
+    new_state["opt_state"] = restored.train["opt_state"]
+    new_state["step"] = restored.train["step"]
     return new_state, restored.data, restored.meta
 
   def wait(self) -> None:

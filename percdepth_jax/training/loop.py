@@ -2,7 +2,9 @@
 
 Resumable: re-running the same command on the same workdir continues from the
 latest checkpoint (model, optimizer, step and input-iterator state), so an
-interrupted run ends where an uninterrupted one would.
+interrupted run ends where an uninterrupted one would; re-running a finished
+run says so and does nothing. Every input (data, weights, sizes) is checked
+before the workdir is written, so a failed start leaves it as it was.
 """
 
 from __future__ import annotations
@@ -11,22 +13,31 @@ import json
 import pathlib
 import signal
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from percdepth_jax import evaluation, report
 from percdepth_jax.data import AugmentConfig, resolve_spec
-from percdepth_jax.data.pipeline import make_train_iterator
+from percdepth_jax.data.crop import CenterCropSource, parse_size
+from percdepth_jax.data import pipeline as data_pipeline
 from percdepth_jax.errors import UserInputError
-from percdepth_jax.model_io import FORMAT, VERSION, MODEL_JSON, fill_module
-from percdepth_jax.models import DepthNet, ModelConfig, ResNet50
+from percdepth_jax.model_io import FORMAT, VERSION, MODEL_JSON
+from percdepth_jax.models import ModelConfig
+from percdepth_jax.models.depth_net import INPUT_MULTIPLE
 from percdepth_jax.models.densenet import set_remat
+from percdepth_jax.training import initial_weights
 from percdepth_jax.training import step as step_lib
 from percdepth_jax.training.checkpoints import Checkpoints
-from percdepth_jax.training.metric_logging import MetricWriter, Progress
+from percdepth_jax.training.metric_logging import METRICS_FILE, MetricWriter, Progress
+
+# Exit codes of scripts/train.py for a run stopped by a signal after saving.
+EXIT_PREEMPTED = 75  # SIGTERM (EX_TEMPFAIL): pre-empted, re-run to resume
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), the shell's code for it
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,56 +69,76 @@ def _log(*args) -> None:
     print(*args, flush=True)
 
 
-def build_model(config) -> DepthNet:
-  """The depth network, its encoder from converted ImageNet weights unless
-  config.init.from_scratch."""
-  model_config = ModelConfig.from_dict(config.model.to_dict())
-  if config.init.from_scratch:
-    _log(f"initialising {model_config.encoder} encoder from scratch (random)")
-    model = DepthNet(model_config, rngs=nnx.Rngs(config.seed))
-  else:
-    from weights_conversion.convert import load_torchvision_checked
-    encoder = load_torchvision_checked(model_config.encoder, config.init.encoder_weights,
-                                       what="config.init.encoder_weights")
-    model = DepthNet(model_config, rngs=nnx.Rngs(config.seed))
-    nnx.update(model.encoder.features, nnx.state(encoder.features))
-    _log(f"encoder initialised from {config.init.encoder_weights}")
-  if config.remat:
-    set_remat(model, True)
-  return model
+def _check_batch_sizes(config) -> None:
+  devices = jax.device_count()
+  for name in ("batch_size", "data.eval_batch_size"):
+    value = config.batch_size if name == "batch_size" else config.data.eval_batch_size
+    if value < 1 or value % devices:
+      raise UserInputError(
+          f"config.{name}={value} must be a positive multiple of the number of "
+          f"devices ({devices}); set --config.{name}="
+          f"{max(devices, value // devices * devices)}.")
 
 
-def build_perceptual_net(config) -> ResNet50 | None:
-  """The frozen ResNet-50 (truncated after layer1), or None if its weight is 0."""
-  if not config.loss.perceptual:
-    return None
-  if config.perceptual.from_scratch:
-    _log("perceptual network: random-init ResNet-50 layer1 (config.perceptual.from_scratch)")
-    net = ResNet50(last_stage="layer1", rngs=nnx.Rngs(config.seed + 1))
-  else:
-    from weights_conversion.convert import load_torchvision_checked
-    net = load_torchvision_checked("resnet50", config.perceptual.weights,
-                                   what="config.perceptual.weights", last_stage="layer1")
-  net.eval()
-  return net
+def _data_source(config, spec: str, split: str):
+  """The source a spec names, centre-cropped by config.data.crop, its frame
+  size checked against what the network takes."""
+  source = resolve_spec(spec, split=split, height=config.data.height,
+                        width=config.data.width, skip_bad=config.data.skip_bad)
+  crop = parse_size(config.data.crop, "config.data.crop")
+  if crop is not None:
+    source = CenterCropSource(source, *crop)
+  first = next((ex for i in range(min(len(source), 16))
+                if (ex := source[i]) is not None), None)
+  if first is None:
+    raise UserInputError(f"{spec}: the first examples are all bad or skipped; "
+                         "check the data.")
+  height, width = first["depth"].shape
+  if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
+    fit = (height // INPUT_MULTIPLE * INPUT_MULTIPLE, width // INPUT_MULTIPLE * INPUT_MULTIPLE)
+    raise UserInputError(
+        f"{spec}: frames are {height}x{width}; the network takes heights and "
+        f"widths that are multiples of {INPUT_MULTIPLE}. Centre-crop them with "
+        f"--config.data.crop={fit[0]},{fit[1]}"
+        + (" (or render synthetic scenes at such a size with "
+           "--config.data.height/width)." if spec.startswith("synthetic") else "."))
+  return source
 
 
-def _write_model_json(workdir: pathlib.Path, model_config: ModelConfig, config) -> None:
-  """Records the model config in the workdir (what load_model reads), and
-  refuses to resume a workdir that was trained with another model."""
-  path = workdir / MODEL_JSON
+def _start_run(workdir: pathlib.Path, model_config: ModelConfig, config) -> None:
+  """Makes `workdir` a run of `model_config` (model.json, config.json), or
+  checks that it already is one. Every process checks, process 0 writes,
+  between barriers, so no process reads a half-written file."""
   meta = {"format": FORMAT, "version": VERSION, "kind": "depth_net",
           "config": model_config.to_dict(), "source": {"format": "training"}}
+  path = workdir / MODEL_JSON
+  multihost_utils.sync_global_devices("percdepth_jax: before model.json")
   if path.exists():
-    previous = json.loads(path.read_text()).get("config")
+    previous = ModelConfig.from_dict(json.loads(path.read_text())["config"]).to_dict()
     if previous != meta["config"]:
       raise UserInputError(
           f"{workdir} holds a run of another model ({previous}); this config "
           f"builds {meta['config']}. Use a new --workdir, or the old model config.")
-    return
-  if jax.process_index() == 0:
+  elif jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(meta, indent=2) + "\n")
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  if jax.process_index() == 0:
+    # As run: with config.init.model the model config is the loaded model's.
+    record = config.to_dict()
+    record["model"] = model_config.to_dict()
+    (workdir / "config.json").write_text(
+        ml_collections.ConfigDict(record).to_json_best_effort(indent=2) + "\n")
+  multihost_utils.sync_global_devices("percdepth_jax: after model.json")
+
+
+class StoppedBySignal(Exception):
+  """SIGTERM or SIGINT stopped the run after it saved; re-run to resume."""
+
+  def __init__(self, signal_name: str, step: int, workdir: pathlib.Path):
+    self.signal_name, self.step = signal_name, step
+    self.exit_code = EXIT_PREEMPTED if signal_name == "SIGTERM" else EXIT_INTERRUPTED
+    super().__init__(f"{signal_name}: saved step {step} in {workdir}; re-run the "
+                     "same command to resume.")
 
 
 class _StopRequest:
@@ -140,6 +171,8 @@ def _constant_baseline(train_source, eval_source, config, max_examples: int = 25
   total, count = 0.0, 0
   for i in range(min(len(train_source), max_examples)):
     ex = train_source[i]
+    if ex is None:  # skipped as bad
+      continue
     total += float(ex["depth"][ex["valid"]].sum())
     count += int(ex["valid"].sum())
   mean_depth = total / max(count, 1)
@@ -148,56 +181,93 @@ def _constant_baseline(train_source, eval_source, config, max_examples: int = 25
       len(eval_source), config.eval.max_examples)
   for i in range(n):
     ex = eval_source[i]
+    if ex is None:
+      continue
     accumulator.update(ex["depth"][None], np.full_like(ex["depth"][None], mean_depth),
                        mask=ex["valid"][None])
   return {**accumulator.result(), "mean_depth": mean_depth}
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) training; returns the final evaluation metrics."""
+def _evaluation_done(workdir: pathlib.Path, step: int, final: bool) -> bool:
+  """Whether the evaluation (final: and the report) of `step` was written;
+  the same answer on every process."""
+  done = False
+  if jax.process_index() == 0:
+    if final:
+      path = workdir / "report.json"
+      done = path.exists() and json.loads(path.read_text()).get("step") == step
+    else:
+      path = workdir / METRICS_FILE
+      done = path.exists() and any(
+          json.loads(line).get("step") == step and "eval/d1" in json.loads(line)
+          for line in path.read_text().splitlines() if line.strip())
+  return bool(multihost_utils.broadcast_one_to_all(np.array(done)))
+
+
+def _skipped(source) -> list[str]:
+  """The distinct bad examples a skip_bad source has skipped so far."""
+  return sorted(set(getattr(source, "skipped", [])))
+
+
+def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
+                       ) -> dict[str, Any]:
+  """Runs (or resumes) training; returns the final evaluation metrics.
+
+  `overrides`: the config names set on the command line (`model.encoder`,
+  ...), so that one that contradicts `config.init.model` is refused.
+  Raises UserInputError for bad input (nothing written), NonFiniteLossError
+  when the loss diverges (nothing non-finite saved) and StoppedBySignal after
+  saving on SIGTERM/SIGINT.
+  """
   maybe_initialize_distributed(config)
   workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
-  if config.batch_size % jax.device_count():
-    raise UserInputError(
-        f"config.batch_size={config.batch_size} must be a multiple of the "
-        f"number of devices ({jax.device_count()}).")
-  model_config = ModelConfig.from_dict(config.model.to_dict())
 
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  # Every input is found and checked before the workdir is touched.
+  _check_batch_sizes(config)
+  model_config = initial_weights.run_model_config(config, overrides)
+  train_source = _data_source(config, config.data.train, "train")
+  eval_source = _data_source(config, config.data.eval, "test")
+  model = initial_weights.build_model(config, model_config)
+  if config.remat:
+    set_remat(model, True)
+  perceptual = initial_weights.build_perceptual_net(config)
+  _start_run(workdir, model_config, config)
 
-  train_source = resolve_spec(config.data.train, split="train",
-                              height=config.data.height, width=config.data.width)
-  eval_source = resolve_spec(config.data.eval, split="test",
-                             height=config.data.height, width=config.data.width)
-
+  batch_sharding = data_pipeline.batch_sharding()
+  replicated = jax.sharding.NamedSharding(batch_sharding.mesh,
+                                          jax.sharding.PartitionSpec())
   tx = step_lib.make_optimizer(config)
-  model = build_model(config)
-  # Only now that data and weights are found does the workdir become a run.
-  _write_model_json(workdir, model_config, config)
-  graphdef, state = step_lib.init_state(model, tx)
-  perceptual = build_perceptual_net(config)
+  graphdef, state = step_lib.init_state(model, tx,
+                                        ema_decay=config.optimizer.get("ema_decay", 0.0))
   perceptual_graphdef, perceptual_state = (nnx.split(perceptual) if perceptual
                                            else (None, None))
   state = jax.device_put(state, replicated)
   perceptual_state = jax.device_put(perceptual_state, replicated)
 
-  train_iter = make_train_iterator(
+  train_iter = data_pipeline.make_train_iterator(
       train_source, config.batch_size, seed=config.seed, sharding=batch_sharding,
       augment=AugmentConfig(flip_prob=config.data.hflip,
                             channel_permute_prob=config.data.channel_swap),
       num_threads=config.data.num_threads)
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
   restored = checkpoints.restore_latest(state)
-  start_step = 0
+  start_step, eval_pending = 0, False
   if restored is not None:
-    state, data_state, _ = restored
+    state, data_state, saved_meta = restored
     train_iter.set_state(data_state)
     start_step = int(state["step"])
+    at_end = start_step >= config.num_steps
+    eval_pending = (bool(saved_meta.get("eval_pending", at_end))
+                    and not _evaluation_done(workdir, start_step, at_end))
+    if at_end and not eval_pending:
+      checkpoints.close()
+      _log(f"{workdir} is finished: its latest checkpoint is step {start_step} "
+           f"and config.num_steps={config.num_steps}, so there is nothing to do "
+           f"(report: {workdir / 'report.json'}). Raise --config.num_steps to "
+           "train further.")
+      path = workdir / "report.json"
+      return json.loads(path.read_text()).get("model", {}) if path.exists() else {}
     _log(f"resuming {workdir} from step {start_step}")
   writer = MetricWriter(workdir, enabled=is_main,
                         resume_step=start_step if restored is not None else None)
@@ -206,64 +276,69 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       step_lib.make_train_step(graphdef, perceptual_graphdef, tx, config),
       donate_argnums=(0,), out_shardings=(replicated, replicated))
 
-  def meta(step: int) -> dict[str, Any]:
+  def meta(step: int, eval_pending: bool) -> dict[str, Any]:
+    # eval_pending: an evaluation is due at this step and runs after the
+    # save; a resume runs it if the stopped run did not.
     return {"step": step, "model_config": model_config.to_dict(),
-            "time": time.time()}
+            "time": time.time(), "eval_pending": eval_pending}
 
-  def run_eval(step: int, num_samples: int = 0):
-    eval_model = nnx.merge(graphdef, state["params"], state["batch_stats"])
+  def run_eval(step: int, final: bool = False):
+    num_samples = config.eval.num_samples if final else 0
+    # With a moving average of the weights kept, it is what is evaluated.
+    eval_model = nnx.merge(graphdef, state.get("ema_params", state["params"]),
+                           state["batch_stats"])
     result, samples = evaluation.evaluate(
         eval_model, eval_source, protocol=config.eval.protocol, flip=config.eval.flip,
         batch_size=config.data.eval_batch_size, max_examples=config.eval.max_examples,
-        num_samples=num_samples, sharding=batch_sharding)
+        num_samples=num_samples, sharding=batch_sharding,
+        edges=config.eval.edges and final)
     writer.write(step, {f"eval/{k}": v for k, v in result.items()})
-    checkpoints.save_best(step, state, result, meta(step))
+    checkpoints.save_best(step, state, result, meta(step, False))
     _log(f"eval @ {step}: " + ", ".join(
         f"{k} {result[k]:.4f}" for k in report.METRIC_ORDER if k in result))
     return result, samples
 
   progress = Progress(config.num_steps, config.batch_size, start_step, enabled=is_main)
-  pending = None  # (step, metrics) checked one step late to keep dispatch async
-  step = start_step
 
-  def check(pending_metrics, at_step):
-    values = {k: float(v) for k, v in jax.device_get(pending_metrics).items()}
+  def log_metrics(metrics, step: int, force: bool = False) -> None:
+    """Checks a step's metrics (one step late, keeping dispatch async) and
+    logs them every log_every steps."""
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not values.pop("finite"):
       raise NonFiniteLossError(
-          f"the loss or the parameter update became non-finite at step {at_step} "
+          f"the loss or the parameter update became non-finite at step {step} "
           f"(loss {values['loss']}, grad_norm {values['grad_norm']}). "
           "Training stopped; the last checkpoint was left as it was. Lower "
           "config.optimizer.learning_rate or check the data for bad depth values.")
-    return values
+    if _every(step, config.log_every) or force:
+      if force:
+        values["images_per_second"] = progress.images_per_second(step)
+      writer.write(step, values)
+      progress.update(step, values)
+    if step == start_step + 1:
+      progress.reset_clock(step)  # exclude compilation from img/s
 
+  pending = None  # (metrics, step) of the last step, not yet checked
+  step = start_step
   try:
     with _StopRequest() as stop:
+      if eval_pending and start_step < config.num_steps:
+        run_eval(start_step)  # due when the run stopped, not run then
       for step in range(start_step + 1, config.num_steps + 1):
-        batch = next(train_iter)
-        state, metrics = train_step(state, perceptual_state, batch)
+        state, metrics = train_step(state, perceptual_state, next(train_iter))
         if pending is not None:
-          values = check(*pending)
-          if _every(pending[1], config.log_every):
-            writer.write(pending[1], values)
-            progress.update(pending[1], values)
-          if pending[1] == start_step + 1:
-            progress.reset_clock(pending[1])  # exclude compilation from img/s
+          log_metrics(*pending)
         pending = (metrics, step)
-        must_save = _every(step, config.checkpoint_every) or step == config.num_steps
-        must_eval = _every(step, config.eval_every) and step != config.num_steps
-        if must_save or must_eval or stop.signal:
-          values = check(*pending)
-          if _every(step, config.log_every) or step == config.num_steps:
-            writer.write(step, {**values, "images_per_second": progress.images_per_second(step)})
-            progress.update(step, values)
+        eval_due = _every(step, config.eval_every) or step == config.num_steps
+        if _every(step, config.checkpoint_every) or eval_due or stop.signal:
+          log_metrics(*pending, force=step == config.num_steps)
           pending = None
-          checkpoints.save(step, state, train_iter.get_state(), meta(step))
-          if stop.signal:
-            checkpoints.wait()
-            _log(f"\n{stop.signal}: saved step {step} in {workdir}; re-run the "
-                 "same command to resume.")
-            return {"stopped_at": step, "signal": stop.signal}
-        if must_eval:
+          checkpoints.save(step, state, train_iter.get_state(), meta(step, eval_due))
+        if stop.signal:
+          checkpoints.wait()
+          checkpoints.close()
+          raise StoppedBySignal(stop.signal, step, workdir)
+        if eval_due and step != config.num_steps:
           run_eval(step)
   except NonFiniteLossError:
     checkpoints.wait()
@@ -271,23 +346,28 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     raise
   checkpoints.wait()
 
-  final, samples = run_eval(step, num_samples=config.eval.num_samples)
+  final_metrics, samples = run_eval(step, final=True)
   checkpoints.wait()
   checkpoints.close()
   writer.close()
+  skipped = {"train": _skipped(train_source), "eval": _skipped(eval_source)}
   if is_main:
-    rows = {"model": final}
+    rows = {"model": final_metrics}
     if config.eval.get("baseline", False):
       rows["constant (train mean)"] = _constant_baseline(train_source, eval_source, config)
     _log("\n" + report.metrics_table(rows))
-    report.training_curves(workdir / "metrics.jsonl", workdir / "training_curves.png")
+    for split, names in skipped.items():
+      if names:
+        _log(f"skipped {len(names)} bad {split} example(s) (config.data.skip_bad): "
+             + "; ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+    report.training_curves(workdir / METRICS_FILE, workdir / "training_curves.png")
     if samples:
       report.sample_grid(samples, workdir / "samples.png",
                          title=f"{config.data.eval}, step {step}")
     (workdir / "report.json").write_text(json.dumps(
         {"step": step, "protocol": config.eval.protocol, "flip": config.eval.flip,
-         "data": config.data.eval, **{name: r for name, r in rows.items()}},
-        indent=2) + "\n")
+         "data": config.data.eval, **{name: r for name, r in rows.items()},
+         "skipped": skipped}, indent=2) + "\n")
     _log(f"report: {workdir / 'report.json'}, {workdir / 'training_curves.png'}, "
          f"{workdir / 'samples.png'}")
-  return final
+  return final_metrics

@@ -4,6 +4,8 @@ The training state is a plain pytree (dict) so that jit, sharding and Orbax
 all see the same thing:
   {"params": nnx.State of Params, "batch_stats": nnx.State of BatchStats,
    "opt_state": optax state, "step": int32 scalar}
+plus "ema_params" (an nnx.State like "params") when config.optimizer.ema_decay
+is > 0: an exponential moving average of the weights, for evaluation.
 """
 
 from __future__ import annotations
@@ -16,24 +18,74 @@ import optax
 from flax import nnx
 
 from percdepth_jax import losses
+from percdepth_jax.errors import UserInputError
 from percdepth_jax.models import DepthNet, metres_to_target
 
 TrainState = dict[str, Any]
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def learning_rate_schedule(config) -> float | optax.Schedule:
+  """The learning rate of config.optimizer, per optimizer step.
+
+  schedule "constant" (the paper's) keeps learning_rate; "cosine" and "linear"
+  decay it from learning_rate to learning_rate * final_lr_fraction at
+  config.num_steps. warmup_steps > 0 first ramps it linearly from 0 (short
+  runs from random init tolerate a higher peak that way). A constant rate
+  without warmup is returned as a float, so that the optimizer state has the
+  same structure as before schedules existed (old checkpoints restore).
+  """
+  opt = config.optimizer
+  peak = opt.learning_rate
+  kind = opt.get("schedule", "constant")
+  warmup = int(opt.get("warmup_steps", 0))
+  end = peak * opt.get("final_lr_fraction", 0.0)
+  if kind not in SCHEDULES:
+    raise UserInputError(f"config.optimizer.schedule={kind!r} is not one of "
+                         f"{list(SCHEDULES)}.")
+  if kind == "constant":
+    if not warmup:
+      return peak
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
+        [warmup])
+  decay_steps = max(int(config.num_steps) - warmup, 1)
+  if kind == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak)
+  else:
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay],
+                              [warmup])
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
-  """Adam with the paper's constants (config.optimizer)."""
-  return optax.adam(config.optimizer.learning_rate, b1=config.optimizer.b1,
+  """Adam with the paper's constants (config.optimizer) and its schedule."""
+  return optax.adam(learning_rate_schedule(config), b1=config.optimizer.b1,
                     b2=config.optimizer.b2)
 
 
-def init_state(model: DepthNet, tx: optax.GradientTransformation
-               ) -> tuple[nnx.GraphDef, TrainState]:
-  """Splits a train-mode model into its graph definition and a fresh state."""
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+  """The EMA's decay for the update that makes `step` steps: min(decay,
+  (1 + step) / (10 + step)), so that the average forgets its random-init
+  start within a short run."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def init_state(model: DepthNet, tx: optax.GradientTransformation,
+               ema_decay: float = 0.0) -> tuple[nnx.GraphDef, TrainState]:
+  """Splits a train-mode model into its graph definition and a fresh state
+  (with "ema_params", a copy of the weights, when ema_decay > 0)."""
   model.train()
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   state = {"params": params, "batch_stats": batch_stats,
            "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  if ema_decay > 0:
+    state["ema_params"] = jax.tree.map(jnp.copy, params)
   return graphdef, state
 
 
@@ -55,6 +107,7 @@ def make_train_step(graphdef: nnx.GraphDef, perceptual_graphdef: nnx.GraphDef | 
   """Returns train_step(state, perceptual_state, batch) -> (state, metrics)."""
   weights = losses.LossWeights(config.loss.l1, config.loss.gradient,
                                config.loss.ssim, config.loss.perceptual)
+  ema_decay = float(config.optimizer.get("ema_decay", 0.0))
 
   def train_step(state: TrainState, perceptual_state, batch):
     def loss_fn(params, batch_stats):
@@ -75,9 +128,16 @@ def make_train_step(graphdef: nnx.GraphDef, perceptual_graphdef: nnx.GraphDef | 
     (total, (terms, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state["params"], state["batch_stats"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"params": optax.apply_updates(state["params"], updates),
-                 "batch_stats": batch_stats, "opt_state": opt_state,
-                 "step": state["step"] + 1}
+    params = optax.apply_updates(state["params"], updates)
+    new_state = {"params": params, "batch_stats": batch_stats,
+                 "opt_state": opt_state, "step": state["step"] + 1}
+    if ema_decay > 0 and "ema_params" not in state:
+      raise ValueError("config.optimizer.ema_decay > 0 needs a state from "
+                       "init_state(..., ema_decay=config.optimizer.ema_decay).")
+    if "ema_params" in state:
+      decay = ema_decay_at(ema_decay, new_state["step"])
+      new_state["ema_params"] = jax.tree.map(
+          lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params)
     # The loss is computed with the parameters before this update: also check
     # the update, so that a non-finite step is caught before it is saved.
     finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(updates))

@@ -1,0 +1,268 @@
+"""The README's paths, walked end to end as a user walks them.
+
+Each journey runs the README's own commands as subprocesses in a fresh
+working directory (scripts/, configs/ and docs/ as in the repository), with
+only sizes, step counts and paths swapped for small stand-ins made here:
+random-init torchvision weights saved with torch.save, DenseDepth's
+nyu_data.zip layout and RGB-D folders built from the real NYU frames. Every
+command is first looked up in README.md, so the README and these tests
+cannot drift apart; every README Python block is run as well.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests import helpers
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def _normalise(text: str) -> str:
+  """Joins backslash-continued lines and collapses white space."""
+  return " ".join(text.replace("\\\n", " ").split())
+
+
+def readme_command(command: str) -> str:
+  """`command`, after checking that the README shows it verbatim."""
+  assert _normalise(command) in _normalise(README), f"README does not show: {command}"
+  return command
+
+
+def _python_blocks() -> list[str]:
+  return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+  """A user's working directory: the repository's scripts, configs and docs."""
+  root = tmp_path_factory.mktemp("project")
+  helpers.link_repo_dirs(root)
+  (root / "docs").symlink_to(REPO / "docs")
+  return root
+
+
+@pytest.fixture(scope="module")
+def imagenet_weights(project):
+  """README "Use PyTorch weights": torchvision state dicts (random init here),
+  converted with the README's commands into weights/."""
+  for seed, arch in enumerate(("densenet121", "resnet50")):
+    helpers.save_torchvision(arch, project / f"{arch}.pth", seed=seed)
+    helpers.run(readme_command(
+        f"python -m weights_conversion torchvision --arch {arch} --input {arch}.pth "
+        f"--output weights/{arch}"), project)
+  return project / "weights"
+
+
+@pytest.fixture(scope="module")
+def nyu_zip(project):
+  data = project / "data"
+  data.mkdir()
+  return helpers.make_nyu_zip(data / "nyu_data.zip", 64, 96)
+
+
+def test_paper_recipe(project, imagenet_weights, nyu_zip):
+  """README "Train on NYU Depth v2" -> "Evaluate" -> "Use a trained model":
+  converted ImageNet weights, configs/nyu_paper.py on DenseDepth's zip (the
+  perceptual network read from the converted full ResNet-50), the same
+  command again on the finished run, evaluate, predict, export."""
+  train = readme_command(
+      "python scripts/train.py --config configs/nyu_paper.py --workdir workdirs/nyu_paper "
+      "--config.data.train=nyu_zip:PATH/nyu_data.zip --config.data.eval=nyu_zip:PATH/nyu_data.zip"
+  ).replace("PATH", "data")
+  small = (" --config.num_steps=2 --config.batch_size=2 --config.model.decoder_width=0.25"
+           " --config.data.eval_batch_size=3 --config.log_every=1")
+  result = helpers.run(train + small, project)
+  assert "encoder initialised from weights/densenet121" in result.stdout
+  workdir = project / "workdirs" / "nyu_paper"
+  report = json.loads((workdir / "report.json").read_text())
+  assert report["step"] == 2 and 0.0 <= report["model"]["d1"] <= 1.0
+  losses = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert all(r["perceptual"] > 0 for r in losses if "loss" in r)
+
+  again = helpers.run(train + small, project)
+  assert "is finished" in again.stdout and "resuming" not in again.stdout
+
+  helpers.run(readme_command(
+      "python scripts/evaluate.py --checkpoint workdirs/nyu_paper:best --data "
+      "tfds:nyu_depth_v2:validation --protocol densedepth --output results/nyu_densedepth.json"
+  ).replace("tfds:nyu_depth_v2:validation", "nyu_zip:data/nyu_data.zip"), project)
+  evaluated = json.loads((project / "results" / "nyu_densedepth.json").read_text())
+  assert evaluated["num_images"] == 3 and evaluated["step"] == 2
+
+  helpers.run(readme_command(
+      "python scripts/predict.py --checkpoint workdirs/synthetic:best --input "
+      "docs/images/predict/nyu_rgb.jpg --output predictions --ply"
+  ).replace("workdirs/synthetic", "workdirs/nyu_paper"), project)
+  depth = np.load(project / "predictions" / "nyu_rgb.npy")
+  assert depth.ndim == 2 and np.all((depth >= 0.1) & (depth <= 10.0))
+
+  helpers.run(readme_command(
+      "python scripts/export.py --checkpoint workdirs/synthetic:best --format stablehlo "
+      "--output depth_480x640.stablehlo"
+  ).replace("workdirs/synthetic", "workdirs/nyu_paper") + " --height 64 --width 96", project)
+  contract = json.loads((project / "depth_480x640.stablehlo.json").read_text())
+  assert contract["step"] == 2
+
+
+def test_paper_recipe_refuses_mismatched_weights(project, imagenet_weights, nyu_zip):
+  """The ResNet-50 directory given as the DenseNet encoder: exit 2 naming both
+  architectures and the convert command, and no workdir is created."""
+  result = helpers.run(
+      "python scripts/train.py --config configs/nyu_paper.py --workdir workdirs/wrong "
+      "--config.init.encoder_weights=weights/resnet50 "
+      "--config.data.train=nyu_zip:data/nyu_data.zip --config.data.eval=nyu_zip:data/nyu_data.zip",
+      project, expect=2)
+  assert "holds resnet50 (up to layer4), not densenet121" in result.stderr
+  assert "python -m weights_conversion torchvision --arch densenet121" in result.stderr
+  assert not (project / "workdirs" / "wrong").exists()
+
+
+def _save_reference_model(path, *, seed: int, encoder: str, **options) -> None:
+  """A random-init depth model of the PyTorch reference (DenseDepth's layout,
+  unit input normalisation, decoder width 0.25) saved as its state dict."""
+  import torch
+  from weights_conversion import torch_reference
+  torch.manual_seed(seed)
+  torch.save(torch_reference.DepthModel(encoder, decoder_width=0.25, input_norm="unit",
+                                        **options).state_dict(), path)
+
+
+@pytest.fixture(scope="module")
+def my_depth_model(project):
+  """README "Use PyTorch weights": a DenseDepth-layout PyTorch depth model
+  converted with the README's command (decoder width 0.25 to keep it small)."""
+  _save_reference_model(project / "model.pth", seed=3, encoder="densenet121")
+  helpers.run(readme_command(
+      "python -m weights_conversion densedepth --input model.pth --output weights/my_depth_model"
+  ) + " --decoder-width 0.25", project)
+  return project / "weights" / "my_depth_model"
+
+
+def test_bring_a_pytorch_model(project, imagenet_weights, my_depth_model):
+  """README "Use PyTorch weights" -> "Fine-tune on your own RGB-D data":
+  DenseDepth-layout checkpoints converted (paper variant; DenseNet-169 with
+  --densedepth-compat), evaluated, the DenseNet-169 one fine-tuned on an
+  RGB-D folder (frames cropped to multiples of 32 with data.crop) from its
+  converted directory, and the result used for prediction."""
+  _save_reference_model(project / "nyu169.pth", seed=4, encoder="densenet169",
+                        densedepth_compat=True)
+  helpers.run("python -m weights_conversion densedepth --input nyu169.pth --output "
+              "weights/dd169 --encoder densenet169 --decoder-width 0.25 --densedepth-compat",
+              project)
+  helpers.make_rgbd_folder(project / "my_rgbd" / "train", 72, 100)
+  helpers.make_rgbd_folder(project / "my_rgbd" / "val", 64, 96, dataset="redwood")
+
+  for model in ("weights/my_depth_model", "weights/dd169"):
+    name = model.split("/")[-1]
+    helpers.run(f"python scripts/evaluate.py --checkpoint {model} --data "
+                f"folder:my_rgbd/val/manifest.csv --protocol eigen --output results/{name}.json",
+                project)
+    result = json.loads((project / "results" / f"{name}.json").read_text())
+    assert result["num_images"] == 5 and 0.0 <= result["metrics"]["d1"] <= 1.0
+
+  finetune = readme_command(
+      "python scripts/train.py --config configs/finetune.py --workdir workdirs/finetune "
+      "--config.init.model=weights/my_depth_model "
+      "--config.data.train=folder:my_rgbd/train/manifest.csv "
+      "--config.data.eval=folder:my_rgbd/val/manifest.csv"
+  ).replace("weights/my_depth_model", "weights/dd169")
+  small = (" --config.num_steps=2 --config.batch_size=2 --config.data.eval_batch_size=5"
+           " --config.data.crop=64,96")
+  result = helpers.run(finetune + small, project)
+  assert "model initialised from weights/dd169" in result.stdout
+  workdir = project / "workdirs" / "finetune"
+  model_config = json.loads((workdir / "model.json").read_text())["config"]
+  assert model_config["encoder"] == "densenet169" and model_config["output_stride"] == 2
+  # A fresh run: its own step count from 0 and a new optimizer.
+  assert "resuming" not in result.stdout
+  assert json.loads((workdir / "report.json").read_text())["step"] == 2
+
+  helpers.run("python scripts/predict.py --checkpoint workdirs/finetune:best --input "
+              "my_rgbd/val/rgb --output predictions_finetune", project)
+  assert len(list((project / "predictions_finetune").glob("*.npy"))) == 5
+
+  refused = helpers.run(finetune.replace("workdirs/finetune", "workdirs/finetune_wrong")
+                        + small + " --config.model.encoder=densenet121", project, expect=2)
+  assert "model.encoder='densenet121' (the model has 'densenet169')" in refused.stderr
+  assert not (project / "workdirs" / "finetune_wrong").exists()
+
+
+MAIN_JOB = readme_command(
+    "python scripts/train.py --config configs/synthetic.py --workdir workdirs/synthetic")
+MAIN_JOB_SMALL = (" --config.num_steps=3 --config.log_every=1 --config.data.height=64"
+                  " --config.data.width=64 --config.eval.max_examples=4")
+
+
+@pytest.fixture(scope="module")
+def main_job(project):
+  """README "Two commands": the main job, cut short by Ctrl-C after its first
+  step (exit 130 after saving), re-run (resumes and finishes), and re-run
+  once more (finished: says so, exit 0). Returns the three outputs."""
+  argv = [sys.executable] + (MAIN_JOB + MAIN_JOB_SMALL).split()[1:]
+  proc = subprocess.Popen(argv, cwd=project, env=helpers.env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = project / "workdirs" / "synthetic" / "metrics.jsonl"
+  deadline = time.time() + 900
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 130, err[-3000:]
+  resumed = helpers.run(MAIN_JOB + MAIN_JOB_SMALL, project)
+  finished = helpers.run(MAIN_JOB + MAIN_JOB_SMALL, project)
+  return out, resumed.stdout, finished.stdout
+
+
+def test_main_job_cut_short_and_rerun(project, main_job):
+  """Ctrl-C saves and says how to resume; the re-run resumes and writes the
+  report; a third run finds the run finished."""
+  stopped, resumed, finished = main_job
+  assert "SIGINT: saved step" in stopped and "re-run the same command" in stopped
+  assert "resuming" in resumed
+  workdir = project / "workdirs" / "synthetic"
+  assert json.loads((workdir / "report.json").read_text())["step"] == 3
+  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
+           if '"loss"' in l]
+  assert steps == [1, 2, 3]
+  assert "is finished" in finished
+
+
+def test_readme_python_blocks(project, main_job, my_depth_model, imagenet_weights):
+  """Every ```python block of the README runs against the stand-ins: the
+  files it names exist (made by the README's own commands where it has
+  them), its placeholder arrays are small images, and the depth it computes
+  is finite metres."""
+  shutil.copy(REPO / "docs" / "images" / "predict" / "nyu_rgb.jpg", project / "photo.jpg")
+  for fmt, suffix in (("stablehlo", "stablehlo"), ("onnx", "onnx")):
+    helpers.run(readme_command(
+        f"python scripts/export.py --checkpoint workdirs/synthetic:best --format {fmt} "
+        f"--output depth_480x640.{suffix}") + " --height 64 --width 64", project)
+  prelude = (
+      "import numpy as np\n"
+      "from PIL import Image\n"
+      "images_uint8_NxHxWx3 = np.asarray(Image.open('photo.jpg').convert('RGB')"
+      ".resize((96, 64)))[None]\n"
+      "images_uint8_Nx480x640x3 = np.asarray(Image.open('photo.jpg').convert('RGB')"
+      ".resize((64, 64)))[None]\n")
+  epilogue = (
+      "\nassert np.all(np.isfinite(np.asarray(depth_m))) and np.asarray(depth_m).min() >= 0.1\n"
+      "print('ok', np.asarray(depth_m).shape)\n")
+  blocks = _python_blocks()
+  assert len(blocks) >= 3
+  for block in blocks:
+    script = project / "readme_block.py"
+    script.write_text(prelude + block + epilogue)
+    result = helpers.run(f"python {script.name}", project)
+    assert "ok" in result.stdout, block
