@@ -1,4 +1,4 @@
-"""The paper's recipe on NYU Depth v2 (DESIGN.md section 3).
+"""The paper's recipe on NYU Depth v2 (docs/design.md, 'The loss and the recipe').
 
   python scripts/train.py --config configs/nyu_paper.py --workdir workdirs/nyu_paper
 

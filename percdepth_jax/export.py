@@ -156,7 +156,8 @@ def export_onnx(model: DepthNet, height: int, width: int, *,
                   model_name="percdepth_jax_depth", opset=ONNX_OPSET,
                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
   # jax2onnx leaves stale intermediate shape annotations; recomputing them
-  # with strict inference makes the model pass onnx.checker (DESIGN.md 8).
+  # with strict inference makes the model pass onnx.checker (docs/design.md,
+  # 'Implementation notes').
   del proto.graph.value_info[:]
   proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
   onnx.checker.check_model(proto, full_check=True)
@@ -174,8 +175,9 @@ def check_onnx(model: DepthNet, model_bytes: bytes, height: int, width: int, *,
                flip: bool, batch: int = 2, seed: int = 0) -> float:
   """Relative max error of onnxruntime against JAX on random images.
 
-  Converters can drop an attribute without failing (DESIGN.md 8), so every
-  ONNX export is run once and compared; batch 2 exercises the free batch.
+  Converters can drop an attribute without failing (docs/design.md,
+  'Implementation notes'), so every ONNX export is run once and compared;
+  batch 2 exercises the free batch.
   """
   image = np.random.RandomState(seed).randint(
       0, 256, (batch, height, width, 3)).astype(np.uint8)

@@ -1,4 +1,4 @@
-"""The training loss of DESIGN.md section 3, in jax.numpy.
+"""The training loss (docs/design.md, 'The loss and the recipe'), in jax.numpy.
 
   L = 0.1 * L1 + L_grad + L_ssim + 0.5 * L_perc
 

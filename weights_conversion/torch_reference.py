@@ -147,14 +147,14 @@ def resnet_features(model: torchvision.models.ResNet, x: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------
-# Reference losses (DESIGN.md section 3), written independently of the JAX
-# ones: DenseDepth's PyTorch SSIM (a full 2-D Gaussian window, conv2d without
-# padding), tf.image.image_gradients-style forward differences, and the
-# perceptual term on a torchvision ResNet-50. NCHW; `mask` (N x 1 x H x W,
-# 1 = valid, or None) works as in `percdepth_jax.losses`: at holes the target
-# is replaced by the detached prediction (and, for SSIM and the perceptual
-# term, the prediction by its detached self); L1 and gradient average over
-# valid pixels.
+# Reference losses (docs/design.md, 'The loss and the recipe'), written
+# independently of the JAX ones: DenseDepth's PyTorch SSIM (a full 2-D
+# Gaussian window, conv2d without padding), tf.image.image_gradients-style
+# forward differences, and the perceptual term on a torchvision ResNet-50.
+# NCHW; `mask` (N x 1 x H x W, 1 = valid, or None) works as in
+# `percdepth_jax.losses`: at holes the target is replaced by the detached
+# prediction (and, for SSIM and the perceptual term, the prediction by its
+# detached self); L1 and gradient average over valid pixels.
 
 
 def _fill_target(pred: torch.Tensor, target: torch.Tensor,

@@ -3,7 +3,7 @@
 manifest.csv has the header `rgb,depth` plus optional `depth_scale,fx,fy,cx,cy`
 columns; paths are relative to the manifest. Depth is a 16-bit PNG (metres =
 value / depth_scale, default 1000) or a float32 `.npy` in metres; 0 or
-non-finite means invalid (DESIGN.md section 5).
+non-finite means invalid (docs/data.md, 'RGB-D folder').
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`--data SPEC` strings (DESIGN.md section 6) -> random-access sources.
+"""`--data SPEC` strings (docs/design.md, 'Data') -> random-access sources.
 
   synthetic:N[:seed]            N procedural rooms (seed default 0)
   folder:PATH/manifest.csv      an RGB-D folder

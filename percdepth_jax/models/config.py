@@ -26,7 +26,7 @@ _CHOICES = {
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Fields of DESIGN.md section 2.
+  """The depth model's fields (docs/design.md, 'ModelConfig').
 
   encoder: DenseNet variant of the encoder (densenet_tiny: a toy size for
     tests and smoke runs only).

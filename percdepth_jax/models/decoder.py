@@ -1,4 +1,4 @@
-"""The bridge-block decoder (DESIGN.md section 2), DenseDepth's module names."""
+"""The bridge-block decoder (docs/design.md, 'The model'), DenseDepth's module names."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ INPUT_MULTIPLE = 32  # the encoder's total stride: input H and W are multiples o
 
 
 class DepthNet(nnx.Module):
-  """Monocular depth network of DESIGN.md section 2.
+  """The monocular depth network (docs/design.md, 'The model').
 
   Call: RGB pixels `image_BxHxWx3` as float in [0, 255] (H, W multiples of
   32) -> `out_BxHxWx1` float32 in the target representation (at H/2 x W/2

@@ -144,7 +144,8 @@ class Conv2d(nnx.Module):
 
   1x1 convolutions run as an `einsum` matrix product: XLA then computes their
   weight gradients as a matmul instead of a whole-feature-map convolution,
-  which is several times faster on CPU (DESIGN.md section 8).
+  which is several times faster on CPU (docs/design.md, 'Implementation
+  notes').
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
@@ -248,12 +249,12 @@ def max_pool_3x3_s2_p1(x_BxHxWxC: jax.Array) -> jax.Array:
   of the nine strided views.
 
   Explicit -inf padding keeps the result exact in every backend and in ONNX
-  export (DESIGN.md section 8). Written as elementwise maxima rather than
-  `reduce_window`, whose gradient XLA's CPU backend computes with an index
-  argmax and a scatter, ~6x slower (docs/benchmarks.md). The forward pass is
-  identical; at exact ties the gradient is shared between the tied inputs
-  instead of going to the first one (after a ReLU, ties are zeros, whose
-  gradient the ReLU discards either way).
+  export (docs/design.md, 'Implementation notes'). Written as elementwise
+  maxima rather than `reduce_window`, whose gradient XLA's CPU backend
+  computes with an index argmax and a scatter, ~6x slower
+  (docs/benchmarks.md). The forward pass is identical; at exact ties the
+  gradient is shared between the tied inputs instead of going to the first one
+  (after a ReLU, ties are zeros, whose gradient the ReLU discards either way).
   """
   _, h, w, _ = x_BxHxWxC.shape
   out_h, out_w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
