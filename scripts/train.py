@@ -45,7 +45,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _usage_error(f"unexpected arguments {argv[1:]}. Usage: {_USAGE}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
   from percdepth_jax.training.loop import (NonFiniteLossError, StoppedBySignal,
                                            train_and_evaluate)

@@ -152,9 +152,10 @@ def my_depth_model(project):
 def test_bring_a_pytorch_model(project, imagenet_weights, my_depth_model):
   """README "Use PyTorch weights" -> "Fine-tune on your own RGB-D data":
   DenseDepth-layout checkpoints converted (paper variant; DenseNet-169 with
-  --densedepth-compat), evaluated, the DenseNet-169 one fine-tuned on an
-  RGB-D folder (frames cropped to multiples of 32 with data.crop) from its
-  converted directory, and the result used for prediction."""
+  --densedepth-compat), both evaluated, the paper one fine-tuned with the
+  README's command on an RGB-D folder (frames cropped to multiples of 32
+  with data.crop) from its converted directory, and the result used for
+  prediction; an override that changes the loaded architecture is refused."""
   _save_reference_model(project / "nyu169.pth", seed=4, encoder="densenet169",
                         densedepth_compat=True)
   helpers.run("python -m weights_conversion densedepth --input nyu169.pth --output "
@@ -175,15 +176,14 @@ def test_bring_a_pytorch_model(project, imagenet_weights, my_depth_model):
       "python scripts/train.py --config configs/finetune.py --workdir workdirs/finetune "
       "--config.init.model=weights/my_depth_model "
       "--config.data.train=folder:my_rgbd/train/manifest.csv "
-      "--config.data.eval=folder:my_rgbd/val/manifest.csv"
-  ).replace("weights/my_depth_model", "weights/dd169")
+      "--config.data.eval=folder:my_rgbd/val/manifest.csv")
   small = (" --config.num_steps=2 --config.batch_size=2 --config.data.eval_batch_size=5"
            " --config.data.crop=64,96")
   result = helpers.run(finetune + small, project)
-  assert "model initialised from weights/dd169" in result.stdout
+  assert "model initialised from weights/my_depth_model" in result.stdout
   workdir = project / "workdirs" / "finetune"
   model_config = json.loads((workdir / "model.json").read_text())["config"]
-  assert model_config["encoder"] == "densenet169" and model_config["output_stride"] == 2
+  assert model_config["decoder_width"] == 0.25 and model_config["input_norm"] == "unit"
   # A fresh run: its own step count from 0 and a new optimizer.
   assert "resuming" not in result.stdout
   assert json.loads((workdir / "report.json").read_text())["step"] == 2
@@ -193,8 +193,8 @@ def test_bring_a_pytorch_model(project, imagenet_weights, my_depth_model):
   assert len(list((project / "predictions_finetune").glob("*.npy"))) == 5
 
   refused = helpers.run(finetune.replace("workdirs/finetune", "workdirs/finetune_wrong")
-                        + small + " --config.model.encoder=densenet121", project, expect=2)
-  assert "model.encoder='densenet121' (the model has 'densenet169')" in refused.stderr
+                        + small + " --config.model.encoder=densenet169", project, expect=2)
+  assert "model.encoder='densenet169' (the model has 'densenet121')" in refused.stderr
   assert not (project / "workdirs" / "finetune_wrong").exists()
 
 
