@@ -27,9 +27,8 @@ import pathlib
 import platform
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from percdepth_jax.errors import UserInputError, exit_code  # noqa: E402
+from percdepth_jax.errors import UserInputError, exit_code
 
 MODES = ("train", "inference")
 

@@ -31,10 +31,9 @@ import tempfile
 import time
 import zipfile
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
 
 def bench_synthetic(num: int, height: int, width: int) -> dict:

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from percdepth_jax.errors import UserInputError  # noqa: E402
-from percdepth_jax.metrics import PROTOCOLS  # noqa: E402
+from percdepth_jax.errors import UserInputError
+from percdepth_jax.metrics import PROTOCOLS
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,9 +27,8 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from percdepth_jax.errors import UserInputError, exit_code  # noqa: E402
+from percdepth_jax.errors import UserInputError, exit_code
 
 # onnxruntime against JAX on random images: float32 reassociation stays far
 # below this; a dropped padding or a wrong layout is far above it.

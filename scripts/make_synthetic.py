@@ -16,9 +16,8 @@ import argparse
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from percdepth_jax.errors import UserInputError  # noqa: E402
+from percdepth_jax.errors import UserInputError
 
 
 class _Parser(argparse.ArgumentParser):

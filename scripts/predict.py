@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import pathlib
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from percdepth_jax.errors import UserInputError, exit_code  # noqa: E402
+from percdepth_jax.errors import UserInputError, exit_code
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
