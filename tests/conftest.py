@@ -9,8 +9,9 @@ import shutil
 import tempfile
 
 # One persistent XLA compilation cache for the whole session, shared by this
-# process and the scripts the tests run as subprocesses: a network that many
-# runs use (the tiny config, the journeys' models) compiles once.
+# process, the pytest-xdist workers and the scripts the tests run as
+# subprocesses (all inherit the variable; the process that made the folder
+# removes it): a network that many runs use compiles once.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="percdepth-xla-cache-")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)

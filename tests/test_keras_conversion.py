@@ -108,11 +108,12 @@ def test_parity_with_keras(variant, keras_models, converted, frames):
 
 def test_converted_model_runs_through_the_scripts(keras_models, converted, frames,
                                                   tmp_path):
-  """predict.py, evaluate.py and export.py (fresh processes) accept the
-  converted model and reproduce the Keras model: predict's .npy equals
-  Keras's depth (10 / output, upsampled) to 1e-4, evaluate's densedepth
-  metrics on an RGB-D folder of the real frames equal the metrics of Keras's
-  depth, and export writes a StableHLO file for the model's config."""
+  """predict.py, evaluate.py, export.py and train.py (fine-tuning; fresh
+  processes) accept the converted model: predict's .npy equals Keras's depth
+  (10 / output, upsampled) to 1e-4, evaluate's densedepth metrics on an
+  RGB-D folder of the real frames equal the metrics of Keras's depth, export
+  writes a StableHLO file for the model's config, and a fine-tuning run
+  trains that model (its config, Keras's BatchNorm epsilon included)."""
   model_dir = converted[SMALL]
   expected_NxHxW = _keras_metres(keras_models[SMALL][1])
   data = tmp_path / "data"
@@ -159,6 +160,22 @@ def test_converted_model_runs_through_the_scripts(keras_models, converted, frame
   assert aval.shape[1:] == (HEIGHT, WIDTH, 3)
   meta = json.loads((tmp_path / "depth.stablehlo.json").read_text())
   assert meta["model_config"] == percdepth_jax.load_model(model_dir).config.to_dict()
+
+  # Fine-tuning (README "Fine-tune on your own RGB-D data") starts from it:
+  # the run's model is the converted one, Keras's BatchNorm epsilon included.
+  workdir = tmp_path / "finetune"
+  result = subprocess.run(
+      [sys.executable, "scripts/train.py", "--config", "configs/finetune.py",
+       "--workdir", str(workdir), f"--config.init.model={model_dir}",
+       f"--config.data.train=folder:{data / 'manifest.csv'}",
+       f"--config.data.eval=folder:{data / 'manifest.csv'}", "--config.loss.perceptual=0",
+       "--config.num_steps=1", "--config.batch_size=2", "--config.data.eval_batch_size=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  trained = json.loads((workdir / "model.json").read_text())["config"]
+  assert trained == percdepth_jax.load_model(model_dir).config.to_dict()
+  assert trained["batchnorm_eps"] == 1.001e-5
+  assert json.loads((workdir / "report.json").read_text())["step"] == 1
 
 
 def test_batchnorm_epsilon_option():
