@@ -9,7 +9,6 @@ process with JAX.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -32,10 +31,6 @@ from percdepth_jax.models.layers import BatchNorm2d
 from tests import helpers
 from tests.conftest import REAL_RGBD, REPO, relative_max_error
 from weights_conversion import __main__ as cli
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("tf_keras") is None,
-    reason="needs the keras extra: pip install -e '.[keras]'")
 
 HEIGHT, WIDTH = 96, 128  # NYU's 480x640 scaled by 1/5: multiples of 32
 # variant of weights_conversion.keras_reference -> ModelConfig fields it implies
