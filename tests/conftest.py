@@ -67,3 +67,13 @@ def paper_checkpoint(torch_depth_models, tmp_path_factory):
   convert_densedepth(path, out, densedepth_model_config(
       decoder_width=kwargs["decoder_width"], input_norm=kwargs["input_norm"]))
   return out
+
+
+# The longest files first, so that the two xdist workers (whole files each)
+# finish together instead of one running the journeys alone at the end.
+_LONGEST_FIRST = ("test_journeys.py", "test_training.py", "test_keras_conversion.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
