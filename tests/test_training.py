@@ -237,6 +237,18 @@ def test_missing_imagenet_weights_is_a_clear_error(tmp_path):
   assert not (tmp_path / "w").exists()  # nothing written on a failed start
 
 
+def test_pth_weights_path_names_the_convert_command(tmp_path):
+  """Training reads converted directories only (the library never imports
+  the PyTorch side): a .pth path exits 2 with the convert command, nothing
+  written."""
+  pth = tmp_path / "resnet50.pth"
+  pth.write_bytes(b"not converted")
+  result = _train(tmp_path / "w", "--config.perceptual.from_scratch=False",
+                  f"--config.perceptual.weights={pth}", expect=2)
+  assert f"python -m weights_conversion torchvision --arch resnet50 --input {pth}" in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("overrides,num_devices,message", [
     (["--config.data.eval_batch_size=3"], 2,
      "config.data.eval_batch_size=3 must be a positive multiple of the number of devices (2)"),

@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   # DIR:best): its architecture, weights and BatchNorm statistics, with a
   # fresh optimizer from step 0. Otherwise the encoder from a converted
   # torchvision DenseNet (directory from `python -m weights_conversion
-  # torchvision`, or the .pth itself), or from_scratch=True for random init.
+  # torchvision`), or from_scratch=True for random init.
   c.init = ml_collections.ConfigDict()
   c.init.model = ""
   c.init.encoder_weights = "weights/densenet121"
@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Frozen perceptual network: ResNet-50 truncated after layer1.
   c.perceptual = ml_collections.ConfigDict()
-  c.perceptual.weights = "weights/resnet50"  # a converted ResNet-50 (full or cut) or .pth
+  c.perceptual.weights = "weights/resnet50"  # a converted ResNet-50 directory (full or cut)
   c.perceptual.from_scratch = False  # True: random-init frozen features
 
   c.loss = ml_collections.ConfigDict()

@@ -6,6 +6,7 @@ Three starts, from `config.init`:
                        statistics; the optimizer and step start afresh.
   from_scratch=True    random init.
   encoder_weights=DIR  converted torchvision ImageNet weights for the encoder
+                       (a directory of `python -m weights_conversion torchvision`)
                        (the paper's recipe), the decoder randomly initialised.
 and the frozen perceptual network from `config.perceptual`.
 
@@ -92,11 +93,16 @@ def _backbone(arch: str, path: str, *, what: str, scratch_flag: str,
         f"  python -m weights_conversion torchvision --arch {arch} --input "
         f"{arch}.pth --output {path or 'weights/' + arch}\n"
         f"or train from random init with --config.{scratch_flag}=True.")
-  if pathlib.Path(path).is_dir():
-    return load_backbone(arch, path, last_stage=last_stage)
-  # A .pth file: converted on the fly (needs the torch extra).
-  from weights_conversion.convert import load_torchvision
-  return load_torchvision(arch, path, last_stage=last_stage)
+  if not pathlib.Path(path).is_dir():
+    # The library never imports the PyTorch side: training reads converted
+    # directories only.
+    raise UserInputError(
+        f"{what}={path!r} is a file; training reads converted model "
+        f"directories. Convert it once (needs the torch extra):\n"
+        f"  python -m weights_conversion torchvision --arch {arch} --input {path} "
+        f"--output weights/{arch}\n"
+        f"and pass --config.{what.split('.', 1)[1]}=weights/{arch}.")
+  return load_backbone(arch, path, last_stage=last_stage)
 
 
 def build_model(config, model_config: ModelConfig) -> DepthNet:
