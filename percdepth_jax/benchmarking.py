@@ -97,17 +97,20 @@ def model_config(encoder: str, dtype: str):
 def jax_train_workload(encoder: str, dtype: str, batch: int, height: int,
                        width: int, seed: int = 0) -> Workload:
   """The training step of `training.loop`, with random-init networks."""
-  from percdepth_jax.models import DepthNet, ResNet50
+  from percdepth_jax.models import DepthNet
+  from percdepth_jax.training import initial_weights
   from percdepth_jax.training import step as step_lib
   from percdepth_jax.training.config import base_config
 
   config = base_config()
   cfg = model_config(encoder, dtype)
   config.model.update(cfg.to_dict())
+  config.seed = seed
   model = DepthNet(cfg, rngs=nnx.Rngs(seed))
-  perceptual = ResNet50(last_stage="layer1", dtype=cfg.compute_dtype,
-                        rngs=nnx.Rngs(seed + 1))
-  perceptual.eval()
+  # The frozen ResNet-50 exactly as training builds it (float32 whatever the
+  # depth network's compute dtype), with random weights.
+  config.perceptual.from_scratch = True
+  perceptual = initial_weights.build_perceptual_net(config)
   tx = step_lib.make_optimizer(config)
   graphdef, state = step_lib.init_state(model, tx)
   perceptual_graphdef, perceptual_state = nnx.split(perceptual)
@@ -155,6 +158,15 @@ def jax_inference_workload(encoder: str, dtype: str, batch: int, height: int,
 
   return Workload("jax", "inference", run, compile_s, flops, memory,
                   "XLA buffer assignment", compiled=compiled)
+
+
+def device_peak_memory() -> tuple[int | None, str]:
+  """Peak bytes the default JAX device has held in this process (its
+  allocator's statistics; GPUs and TPUs), or None where there are none."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" not in stats:
+    return None, ""
+  return int(stats["peak_bytes_in_use"]), "device.memory_stats() peak_bytes_in_use"
 
 
 def device_name() -> str:

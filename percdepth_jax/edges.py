@@ -37,6 +37,7 @@ from skimage import feature
 
 from percdepth_jax import metrics as metrics_lib
 
+EDGE_METRIC_NAMES = ("dbe_acc", "dbe_com")
 SIGMA = float(np.sqrt(2.0))
 LOW_THRESHOLD = 0.15
 HIGH_THRESHOLD = 0.3

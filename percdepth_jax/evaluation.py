@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 from percdepth_jax import edges as edges_lib
 from percdepth_jax import metrics as metrics_lib
 from percdepth_jax.data.pipeline import make_eval_iterator, num_eval_batches
-from percdepth_jax.inference import _predict_metres
+from percdepth_jax.inference import compiled_depth_metres
 from percdepth_jax.models import DepthNet
 
 
@@ -78,7 +78,7 @@ def evaluate_protocols(model: DepthNet, source, protocols: Sequence[str] = ("den
     height, width = gt.shape[1:3]
     views = []  # (image, gt, valid, pred) as the sample grid shows them.
     if full_frame:
-      pred = _to_host(_predict_metres(model, batch["image"], flip=flip))[real]
+      pred = _to_host(compiled_depth_metres(model, batch["image"], flip=flip))[real]
       views.append((host["image"][real], gt, valid, pred))
       for p in specs:
         if not p.crop_before_prediction:
@@ -91,7 +91,7 @@ def evaluate_protocols(model: DepthNet, source, protocols: Sequence[str] = ("den
         continue
       r0, r1, c0, c1 = window = metrics_lib.crop_window(height, width, p)
       if window not in cropped_preds:
-        cropped_preds[window] = _to_host(_predict_metres(
+        cropped_preds[window] = _to_host(compiled_depth_metres(
             model, batch["image"][:, r0:r1, c0:c1], flip=flip))[real]
         views.append((host["image"][real][:, r0:r1, c0:c1], gt[:, r0:r1, c0:c1],
                       valid[:, r0:r1, c0:c1], cropped_preds[window]))

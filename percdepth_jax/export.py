@@ -34,7 +34,8 @@ from flax import nnx
 
 from percdepth_jax.compare import relative_max_error
 from percdepth_jax.errors import UserInputError
-from percdepth_jax.models import DepthNet
+from percdepth_jax.inference import network_metres
+from percdepth_jax.models import INPUT_MULTIPLE, DepthNet
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -44,15 +45,15 @@ DEFAULT_PLATFORMS = ("cpu", "cuda")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export can lower for
 ONNX_OPSET = 23
 ONNX_INSTALL = 'pip install -e ".[onnx]"'
-_MULTIPLE = 32  # DenseNet's total stride.
 
 
 def check_size(height: int, width: int) -> None:
   """Refuses export sizes the network cannot take unchanged."""
-  if height < _MULTIPLE or width < _MULTIPLE or height % _MULTIPLE or width % _MULTIPLE:
+  if (height < INPUT_MULTIPLE or width < INPUT_MULTIPLE
+      or height % INPUT_MULTIPLE or width % INPUT_MULTIPLE):
     raise UserInputError(
         f"export size {height}x{width}: height and width must be positive "
-        f"multiples of {_MULTIPLE} (for example 480x640 or 224x320); the "
+        f"multiples of {INPUT_MULTIPLE} (for example 480x640 or 224x320); the "
         "exported model takes images of exactly this size, so resize images "
         "to it before calling the model.")
 
@@ -98,12 +99,7 @@ def depth_function(model: DepthNet, height: int, width: int, *,
 
   def depth_fn(image_NxHxWx3: jax.Array) -> jax.Array:
     net = nnx.merge(graphdef, state)
-    x = image_NxHxWx3.astype(jnp.float32)
-    depth_NxIxJx1 = net.to_metres(net(x))
-    if flip:
-      mirrored = net.to_metres(net(x[:, :, ::-1]))[:, :, ::-1]
-      depth_NxIxJx1 = 0.5 * (depth_NxIxJx1 + mirrored)
-    depth_NxIxJ = depth_NxIxJx1[..., 0]
+    depth_NxIxJ = network_metres(net, image_NxHxWx3.astype(jnp.float32), flip)[..., 0]
     if stride == 1:
       return depth_NxIxJ
     depth_NxHxJ = jnp.einsum("hi,nij->nhj", rows_HxI, depth_NxIxJ)

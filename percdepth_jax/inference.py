@@ -8,15 +8,25 @@ import numpy as np
 from flax import nnx
 
 from percdepth_jax.errors import UserInputError
-from percdepth_jax.models import DepthNet
-
-_MULTIPLE = 32  # DenseNet's total stride: network inputs are multiples of it.
+from percdepth_jax.models import INPUT_MULTIPLE, DepthNet
 
 
 def network_size(height: int, width: int) -> tuple[int, int]:
   """The nearest multiple-of-32 size (at least 32) the network runs at."""
-  snap = lambda n: max(_MULTIPLE, int(round(n / _MULTIPLE)) * _MULTIPLE)
+  snap = lambda n: max(INPUT_MULTIPLE, int(round(n / INPUT_MULTIPLE)) * INPUT_MULTIPLE)
   return snap(height), snap(width)
+
+
+def network_metres(model: DepthNet, x_NxHxWx3: jax.Array, flip: bool = True
+                   ) -> jax.Array:
+  """The network's depth in metres at its output resolution (N x H x W x 1,
+  H/2 x W/2 with output_stride 2); with `flip`, averaged with the mirrored
+  image's prediction mirrored back (the paper's test-time augmentation)."""
+  depth = model.to_metres(model(x_NxHxWx3))
+  if flip:
+    mirrored = model.to_metres(model(x_NxHxWx3[:, :, ::-1]))[:, :, ::-1]
+    depth = 0.5 * (depth + mirrored)
+  return depth
 
 
 def depth_metres(model: DepthNet, image_NxHxWx3: jax.Array, flip: bool = True
@@ -33,17 +43,14 @@ def depth_metres(model: DepthNet, image_NxHxWx3: jax.Array, flip: bool = True
     # Resize (not pad) so the network sees the whole field of view at a
     # scale close to the original; the depth map is resized back below.
     x = jax.image.resize(x, (n, net_h, net_w, 3), "linear")
-  depth = model.to_metres(model(x))
-  if flip:
-    depth_flipped = model.to_metres(model(x[:, :, ::-1]))[:, :, ::-1]
-    depth = 0.5 * (depth + depth_flipped)
-  depth_NxHxW = depth[..., 0]
+  depth_NxHxW = network_metres(model, x, flip)[..., 0]
   if depth_NxHxW.shape[1:] != (height, width):
     depth_NxHxW = jax.image.resize(depth_NxHxW, (n, height, width), "linear")
   return depth_NxHxW
 
 
-_predict_metres = nnx.jit(depth_metres, static_argnames=("flip",))
+# Compiled once per (model structure, input shape, flip).
+compiled_depth_metres = nnx.jit(depth_metres, static_argnames=("flip",))
 
 
 def predict_depth(model: DepthNet, images, flip: bool = True) -> np.ndarray:
@@ -69,4 +76,4 @@ def predict_depth(model: DepthNet, images, flip: bool = True) -> np.ndarray:
                          f"{images.dtype}; convert with np.asarray(img, np.uint8).")
   if not isinstance(model, DepthNet):
     raise UserInputError(f"predict_depth needs a DepthNet, got {type(model).__name__}.")
-  return np.asarray(_predict_metres(model, jnp.asarray(images), flip=flip))
+  return np.asarray(compiled_depth_metres(model, jnp.asarray(images), flip=flip))

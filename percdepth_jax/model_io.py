@@ -1,17 +1,10 @@
-"""Model directories: a model's config and weights, written atomically.
-
-Layout of a model directory (what weight conversion writes and what
-`load_model` reads):
-
-  DIR/model.json   {"format": "percdepth_jax.model", "version": 1,
-                    "kind": "depth_net" | "densenet" | "resnet50",
-                    "config": {...}, "source": {...}}
-  DIR/state/       Orbax checkpoint of the parameters and BatchNorm statistics
+"""Models in and out of directories: build a module from its config, save it
+atomically, load a converted model directory or a training workdir, claim a
+workdir for a model. The files' layout is `percdepth_jax.storage`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
@@ -20,17 +13,14 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
+from percdepth_jax import storage
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.models import DenseNet, DepthNet, ModelConfig, ResNet50
 from percdepth_jax.models.resnet import STAGES
-
-FORMAT = "percdepth_jax.model"
-VERSION = 1
-MODEL_JSON = "model.json"
-STATE_DIR = "state"
+from percdepth_jax.storage import read_model_json, split_checkpoint_spec
 
 
 def build_module(kind: str, config: dict[str, Any], *, seed: int = 0,
@@ -80,13 +70,8 @@ def save_model(module: nnx.Module, directory: str | os.PathLike, *, kind: str,
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
   try:
-    state = nnx.to_pure_dict(nnx.state(module))
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(tmp / STATE_DIR, state)
-      checkpointer.wait_until_finished()
-    meta = {"format": FORMAT, "version": VERSION, "kind": kind,
-            "config": config, "source": source or {}}
-    (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    storage.save_state(tmp, nnx.to_pure_dict(nnx.state(module)))
+    storage.write_model_json(tmp, storage.model_json(kind, config, source))
     if directory.exists():
       directory.rmdir()
     tmp.rename(directory)
@@ -95,25 +80,24 @@ def save_model(module: nnx.Module, directory: str | os.PathLike, *, kind: str,
     raise
 
 
-def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
-  path = pathlib.Path(directory) / MODEL_JSON
-  if not path.is_file():
-    raise UserInputError(
-        f"{directory} is not a model directory: {MODEL_JSON} is missing. Pass "
-        "a directory written by `python -m weights_conversion ...` or a "
-        "training workdir.")
-  try:
-    meta = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise UserInputError(f"{path} is not valid JSON ({e}); the model "
-                         "directory is corrupt, convert the weights again.") from e
-  if meta.get("format") != FORMAT or "kind" not in meta or "config" not in meta:
-    raise UserInputError(f"{path} does not describe a percdepth_jax model "
-                         f"(format {meta.get('format')!r}).")
-  if meta.get("version", 0) > VERSION:
-    raise UserInputError(f"{path} has format version {meta['version']}, newer "
-                         f"than this code's {VERSION}; update percdepth_jax.")
-  return meta
+def claim_workdir(workdir: pathlib.Path, model_config: ModelConfig) -> None:
+  """Makes `workdir` a training run of `model_config` (its model.json), or
+  checks that it already is one (the compute fields, dtype and remat, may
+  differ on resume). Every process checks, process 0 writes, between
+  barriers, so no process reads a half-written file."""
+  multihost_utils.sync_global_devices("percdepth_jax: before model.json")
+  if (workdir / storage.MODEL_JSON).exists():
+    previous = ModelConfig.from_dict(read_model_json(workdir)["config"]).architecture()
+    if previous != model_config.architecture():
+      raise UserInputError(
+          f"{workdir} holds a run of another model ({previous}); this config "
+          f"builds {model_config.architecture()}. Use a new --workdir, or the "
+          "old model config.")
+  elif jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    storage.write_model_json(workdir, storage.model_json(
+        "depth_net", model_config.to_dict(), {"format": "training"}))
+  multihost_utils.sync_global_devices("percdepth_jax: after model.json")
 
 
 def _check_kind(meta: dict[str, Any], directory: pathlib.Path,
@@ -126,20 +110,6 @@ def _check_kind(meta: dict[str, Any], directory: pathlib.Path,
            "pass the matching model directory."))
 
 
-def split_checkpoint_spec(path: str | os.PathLike) -> tuple[pathlib.Path, str]:
-  """`DIR` or `DIR:best` -> (directory, "latest" | "best")."""
-  text = str(path)
-  if text.endswith(":best"):
-    return pathlib.Path(text[:-len(":best")]).absolute(), "best"
-  if text.endswith(":latest"):
-    return pathlib.Path(text[:-len(":latest")]).absolute(), "latest"
-  return pathlib.Path(text).absolute(), "latest"
-
-
-def is_training_workdir(directory: pathlib.Path) -> bool:
-  return (directory / "checkpoints").is_dir()
-
-
 def load_model_with_step(path: str | os.PathLike, *,
                          expect_kind: str | None = "depth_net"
                          ) -> tuple[nnx.Module, int | None]:
@@ -149,10 +119,9 @@ def load_model_with_step(path: str | os.PathLike, *,
     raise UserInputError(f"model path {directory} does not exist.")
   meta = read_model_json(directory)
   _check_kind(meta, directory, expect_kind)
-  if is_training_workdir(directory) or which == "best":
-    from percdepth_jax.training.checkpoints import restore_model_item
+  if storage.is_training_workdir(directory) or which == "best":
     abstract = build_module(meta["kind"], meta["config"], abstract=True)
-    module, step = restore_model_item(directory, abstract, which)
+    module, step = storage.restore_model_item(directory, abstract, which)
     if module is None:
       raise UserInputError(
           f"{directory} has no {which} checkpoint yet"
@@ -176,21 +145,18 @@ def load_model(path: str | os.PathLike, *, expect_kind: str | None = "depth_net"
       accepts any kind.
   """
   directory, which = split_checkpoint_spec(path)
-  if is_training_workdir(directory) or which == "best":
+  if storage.is_training_workdir(directory) or which == "best":
     return load_model_with_step(path, expect_kind=expect_kind)[0]
   if not directory.exists():
     raise UserInputError(f"model path {path} does not exist.")
   meta = read_model_json(directory)
   _check_kind(meta, directory, expect_kind)
   abstract = build_module(meta["kind"], meta["config"], abstract=True)
-  target = nnx.to_pure_dict(nnx.state(abstract))
-  target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), target)
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(directory / STATE_DIR, target)
+    restored = storage.restore_state(directory, nnx.to_pure_dict(nnx.state(abstract)))
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise UserInputError(
-        f"cannot read the weights in {directory / STATE_DIR} for a "
+        f"cannot read the weights in {directory / storage.STATE_DIR} for a "
         f"{meta['kind']} with config {meta['config']}: {e}") from e
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, restored)

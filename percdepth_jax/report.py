@@ -12,8 +12,11 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10",
-                "silog", "dbe_acc", "dbe_com")
+from percdepth_jax.edges import EDGE_METRIC_NAMES  # noqa: E402
+from percdepth_jax.metrics import METRIC_NAMES  # noqa: E402
+
+# Columns of tables and the order of logged evaluation metrics.
+METRIC_ORDER = METRIC_NAMES + EDGE_METRIC_NAMES
 
 
 def sample_grid(samples: Sequence[dict[str, np.ndarray]], path: str | pathlib.Path,

@@ -20,36 +20,43 @@ both frameworks) against the device's peak.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
 import platform
 import sys
 
+from absl import flags
 
-from percdepth_jax.errors import UserInputError, exit_code
+from percdepth_jax.cli import run_script
+from percdepth_jax.errors import UserInputError
 
 MODES = ("train", "inference")
 
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--height", type=int, default=256)
-  parser.add_argument("--width", type=int, default=320)
-  parser.add_argument("--batch", type=int, default=2)
-  parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
-  parser.add_argument("--rounds", type=int, default=5, help="A/B rounds")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
-  parser.add_argument("--mode", default="train,inference",
-                      help="comma-separated: train, inference")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--encoder", default="densenet121",
-                      help="DenseNet variant (densenet_tiny: for smoke tests only)")
-  parser.add_argument("--compare-pytorch", action="store_true",
-                      help="also time the PyTorch reference, alternating with JAX")
-  parser.add_argument("--json", default=None, help="write the results here")
-  return parser
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("height", 256, "image height", flag_values=FLAGS)
+flags.DEFINE_integer("width", 320, "image width", flag_values=FLAGS)
+flags.DEFINE_integer("batch", 2, "images per step", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 5, "timed steps per round", flag_values=FLAGS)
+flags.DEFINE_integer("rounds", 5, "A/B rounds", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 2, "untimed steps after compiling", flag_values=FLAGS)
+flags.DEFINE_string("mode", "train,inference", "comma-separated: train, inference",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype",
+                  flag_values=FLAGS)
+flags.DEFINE_string("encoder", "densenet121",
+                    "DenseNet variant (densenet_tiny: for smoke tests only)", flag_values=FLAGS)
+flags.DEFINE_bool("compare-pytorch", False,
+                  "also time the PyTorch reference, alternating with JAX", flag_values=FLAGS)
+flags.DEFINE_bool("torch-compile", False,
+                  "also time the PyTorch reference under torch.compile", flag_values=FLAGS)
+flags.DEFINE_bool("separate-processes", False,
+                  "time each framework and mode in a process of its own (GPUs: own "
+                  "allocator, per-workload device memory peak) instead of A/B in one",
+                  flag_values=FLAGS)
+flags.DEFINE_string("only", None, "MODE:FRAMEWORK: time just this one (used by "
+                    "--separate-processes)", flag_values=FLAGS)
+flags.DEFINE_string("json", None, "write the results here", flag_values=FLAGS)
 
 
 def _check(args) -> list[str]:
@@ -80,11 +87,12 @@ def _mib(n) -> str:
   return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
-def _print_table(results: dict, compare: bool) -> None:
+def _print_table(results: dict) -> None:
   print(f"\n{results['device']} | {results['dtype']} | batch {results['batch']} | "
         f"{results['height']}x{results['width']} | {results['rounds']} rounds x "
-        f"{results['steps']} steps")
-  header = (f"{'mode':<10} {'framework':<9} {'ms/step':>9} {'min-max':>15} "
+        f"{results['steps']} steps"
+        + (" | one process per workload" if results.get("separate_processes") else ""))
+  header = (f"{'mode':<10} {'framework':<15} {'ms/step':>9} {'min-max':>15} "
             f"{'images/s':>9} {'compile s':>9} {'memory':>10} {'TFLOP/s':>8} {'of peak':>7}")
   print(header)
   print("-" * len(header))
@@ -92,68 +100,170 @@ def _print_table(results: dict, compare: bool) -> None:
     if mode not in results["modes"]:
       continue
     entry = results["modes"][mode]
-    for fw in ("jax", "pytorch"):
+    for fw in FRAMEWORKS:
       if fw not in entry:
         continue
       r = entry[fw]
       flops = r.get("achieved_flops_per_s")
       frac = r.get("fraction_of_peak")
-      print(f"{mode:<10} {fw:<9} {r['ms_per_step_median']:9.1f} "
+      print(f"{mode:<10} {fw:<15} {r['ms_per_step_median']:9.1f} "
             f"{r['ms_per_step_min']:7.1f}-{r['ms_per_step_max']:<7.1f} "
             f"{r['images_per_s']:9.2f} {r['compile_s']:9.1f} "
             f"{_mib(r['peak_memory_bytes']):>10} "
             f"{'' if flops is None else f'{flops / 1e12:8.3f}':>8} "
             f"{'' if frac is None else f'{100 * frac:6.1f}%':>7}")
-    if compare:
-      print(f"{mode:<10} JAX/PyTorch speed ratio: {entry['jax_over_pytorch']:.2f}x")
+    for fw in FRAMEWORKS[1:]:
+      if f"jax_over_{fw}" in entry:
+        print(f"{mode:<10} JAX/{fw} speed ratio: {entry[f'jax_over_{fw}']:.2f}x")
   peak = results["peak_flops_per_s"]
   print(f"peak: {'n/a' if peak is None else f'{peak / 1e12:.3f} TFLOP/s'} "
         f"({results['peak_flops_source']})")
+  print("memory: " + "; ".join(sorted({f"{fw}: {r['peak_memory_source']}"
+                                       for e in results["modes"].values()
+                                       for fw, r in e.items() if isinstance(r, dict)})))
+
+
+FRAMEWORKS = ("jax", "pytorch", "pytorch_compile")
+
+
+def _jobs(args, modes: list[str]) -> list[tuple[str, str]]:
+  """(mode, framework) pairs to time, in order; --only picks one."""
+  frameworks = ["jax"] + (["pytorch"] if args.compare_pytorch else []) + (
+      ["pytorch_compile"] if args.torch_compile else [])
+  jobs = [(mode, fw) for mode in modes for fw in frameworks]
+  if args.only:
+    mode, _, fw = args.only.partition(":")
+    if (mode, fw) not in jobs:
+      raise UserInputError(f"--only {args.only!r}: expected MODE:FRAMEWORK among "
+                           f"{', '.join(f'{m}:{f}' for m, f in jobs)}.")
+    jobs = [(mode, fw)]
+  return jobs
+
+
+def _torch_benchmark():
+  try:
+    from weights_conversion import torch_benchmark
+  except ImportError as e:
+    raise UserInputError(f"--compare-pytorch/--torch-compile need torch and torchvision "
+                         f'({e}); install them with: pip install -e ".[torch]"') from e
+  return torch_benchmark
+
+
+def _build(mode: str, framework: str, args, batch_np):
+  """One compiled workload (compilation or first step timed apart)."""
+  from percdepth_jax import benchmarking as bench
+  _log(f"[{mode}] {framework}: building and compiling ...")
+  if framework == "jax":
+    make = bench.jax_train_workload if mode == "train" else bench.jax_inference_workload
+    w = make(args.encoder, args.dtype, args.batch, args.height, args.width)
+  else:
+    torch_benchmark = _torch_benchmark()
+    compile_model = framework == "pytorch_compile"
+    if mode == "train":
+      # The training defaults (loss weights, Adam constants) the JAX step uses.
+      from percdepth_jax.training.config import base_config
+      c = base_config()
+      w = torch_benchmark.train_workload(
+          args.encoder, args.dtype, batch_np,
+          loss_weights=(c.loss.l1, c.loss.gradient, c.loss.ssim, c.loss.perceptual),
+          learning_rate=c.optimizer.learning_rate, betas=(c.optimizer.b1, c.optimizer.b2),
+          compile_model=compile_model)
+    else:
+      w = torch_benchmark.inference_workload(args.encoder, args.dtype, batch_np["image"],
+                                             compile_model=compile_model)
+    w.framework = framework
+  _log(f"[{mode}] {framework}: ready after {w.compile_s:.1f} s")
+  return w
+
+
+def _child_argv(args, only: str, json_path: str) -> list[str]:
+  """This run's flags for one (mode, framework) in a process of its own."""
+  argv = [line for line in FLAGS.flags_into_string().splitlines()
+          if not line.startswith(("--only", "--json", "--separate-processes",
+                                  "--noseparate-processes"))]
+  return [sys.executable, __file__, *argv, f"--only={only}", f"--json={json_path}"]
+
+
+def _run_separately(args, jobs) -> dict:
+  """Each (mode, framework) timed in its own process, one after another: no
+  framework's allocator or caches share a device with another's, and each
+  process's device memory peak is its workload's alone."""
+  import subprocess
+  import tempfile
+  merged = None
+  with tempfile.TemporaryDirectory() as tmp:
+    for mode, fw in jobs:
+      path = pathlib.Path(tmp) / f"{mode}_{fw}.json"
+      _log(f"[{mode}] {fw}: timing in a separate process")
+      done = subprocess.run(_child_argv(args, f"{mode}:{fw}", str(path)))
+      if done.returncode != 0:
+        raise RuntimeError(f"the {mode}:{fw} process failed (exit {done.returncode}).")
+      child = json.loads(path.read_text())
+      if merged is None:
+        merged = child
+      else:
+        merged["modes"].setdefault(mode, {}).update(child["modes"][mode])
+        merged["versions"].update(child["versions"])
+        merged.setdefault("pytorch_settings", child.get("pytorch_settings"))
+  merged["separate_processes"] = True
+  return merged
 
 
 def run(args) -> int:
   modes = _check(args)
+  jobs = _jobs(args, modes)
+  # Neither framework takes the device's memory up front (XLA's default is
+  # 75% of a GPU at start-up), so both allocate as they go.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  if args.separate_processes and not args.only:
+    results = _run_separately(args, jobs)
+  else:
+    results = _run_in_process(args, jobs)
+  for entry in results["modes"].values():
+    jax_r = entry.get("jax")
+    for fw in FRAMEWORKS[1:]:
+      if fw in entry and jax_r:
+        # Both frameworks do the same work: credit them with XLA's FLOP count.
+        r = entry[fw]
+        r["flops_per_step"] = jax_r["flops_per_step"]
+        if r["flops_per_step"]:
+          r["achieved_flops_per_s"] = r["flops_per_step"] / (r["ms_per_step_median"] / 1e3)
+          if results["peak_flops_per_s"]:
+            r["fraction_of_peak"] = r["achieved_flops_per_s"] / results["peak_flops_per_s"]
+        entry[f"jax_over_{fw}"] = r["ms_per_step_median"] / jax_r["ms_per_step_median"]
+  if not args.only:
+    _print_table(results)
+  if args.json:
+    path = pathlib.Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    _log(f"wrote {path}")
+  return 0
+
+
+def _run_in_process(args, jobs) -> dict:
+  """Every workload built in this process, then timed round by round in
+  alternation (A/B), so slow drifts of the machine hit all alike."""
   import jax
 
   from percdepth_jax import benchmarking as bench
 
   batch_np = bench.synthetic_batch(args.batch, args.height, args.width)
-  workloads = []
-  for mode in modes:
-    _log(f"[{mode}] JAX: building and compiling ...")
-    make = bench.jax_train_workload if mode == "train" else bench.jax_inference_workload
-    jax_w = make(args.encoder, args.dtype, args.batch, args.height, args.width)
-    _log(f"[{mode}] JAX: compiled in {jax_w.compile_s:.1f} s")
-    workloads.append(jax_w)
-    if args.compare_pytorch:
-      try:
-        from weights_conversion import torch_benchmark
-      except ImportError as e:
-        raise UserInputError(f"--compare-pytorch needs torch and torchvision ({e}); "
-                             'install them with: pip install -e ".[torch]"') from e
-      torch_settings = torch_benchmark.configure(args.dtype)
-      _log(f"[{mode}] PyTorch: building and running the first step ...")
-      if mode == "train":
-        # The training defaults (loss weights, Adam constants) the JAX step uses.
-        from percdepth_jax.training.config import base_config
-        c = base_config()
-        torch_w = torch_benchmark.train_workload(
-            args.encoder, args.dtype, batch_np,
-            loss_weights=(c.loss.l1, c.loss.gradient, c.loss.ssim, c.loss.perceptual),
-            learning_rate=c.optimizer.learning_rate, betas=(c.optimizer.b1, c.optimizer.b2))
-      else:
-        torch_w = torch_benchmark.inference_workload(args.encoder, args.dtype,
-                                                     batch_np["image"])
-      torch_w.flops_per_step = jax_w.flops_per_step  # same model, same work
-      _log(f"[{mode}] PyTorch: first step {torch_w.compile_s:.1f} s")
-      workloads.append(torch_w)
+  torch_settings = None
+  if any(fw != "jax" for _, fw in jobs):
+    torch_settings = _torch_benchmark().configure(args.dtype)
+  workloads = [_build(mode, fw, args, batch_np) for mode, fw in jobs]
+  if args.only:
+    device_peak, source = bench.device_peak_memory()
+    if device_peak is not None and workloads[0].framework == "jax":
+      # Alone in its process: the device's peak is this workload's.
+      workloads[0].memory_bytes, workloads[0].memory_source = device_peak, source
 
   peak, peak_source = bench.device_peak_flops(args.dtype)
   _log(f"timing: {args.warmup} warm-up steps, then {args.rounds} rounds x "
        f"{args.steps} steps of each of {len(workloads)} workloads")
   bench.time_alternating(workloads, args.steps, args.rounds, args.warmup,
                          on_round=lambda r: _log(f"  round {r + 1}/{args.rounds} done"))
-
   results = {
       "device": bench.device_name(),
       "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
@@ -163,29 +273,19 @@ def run(args) -> int:
       "height": args.height, "width": args.width, "steps": args.steps,
       "rounds": args.rounds, "warmup": args.warmup,
       "peak_flops_per_s": peak, "peak_flops_source": peak_source,
-      "modes": {},
+      "separate_processes": False, "modes": {},
   }
-  if args.compare_pytorch:
-    results["versions"].update(torch_benchmark.versions())
+  if torch_settings is not None:
+    results["versions"].update(_torch_benchmark().versions())
     results["pytorch_settings"] = torch_settings
   for w in workloads:
-    entry = results["modes"].setdefault(w.mode, {})
-    entry[w.framework] = bench.summarize(w, args.batch, peak)
-  for entry in results["modes"].values():
-    if "pytorch" in entry:
-      entry["jax_over_pytorch"] = (entry["pytorch"]["ms_per_step_median"]
-                                   / entry["jax"]["ms_per_step_median"])
-  _print_table(results, args.compare_pytorch)
-  if args.json:
-    path = pathlib.Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    _log(f"wrote {path}")
-  return 0
+    results["modes"].setdefault(w.mode, {})[w.framework] = bench.summarize(
+        w, args.batch, peak)
+  return results
 
 
 def main(argv: list[str] | None = None) -> int:
-  return exit_code(run, _parser().parse_args(argv))
+  return run_script(FLAGS, run, argv, __doc__)
 
 
 if __name__ == "__main__":

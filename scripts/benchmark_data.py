@@ -20,7 +20,6 @@ does not depend on how busy the other cores are.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -33,7 +32,24 @@ import zipfile
 
 
 import numpy as np
+from absl import flags
 from PIL import Image
+
+from percdepth_jax.cli import run_script
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("scenes", 40, "synthetic scenes to time", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("images", 400, "images through the pipeline", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("threads", 1, "decode threads", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("batch", 8, "images per batch", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("distinct", 8, "distinct 480x640 scenes on disk (repeated by the pipeline)",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("rows", 4096, "dataset length (rows cycle over the distinct scenes)",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("decode-rounds", 20, "alternating Pillow/fast rounds of the decode timing",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_string("json", None, "also write the results to this file", flag_values=FLAGS)
 
 
 def bench_synthetic(num: int, height: int, width: int) -> dict:
@@ -178,25 +194,7 @@ def bench_pipeline(source, num_images: int, threads: int, batch: int) -> dict:
           "cpu_s": cpu, "wall_s": wall}
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--scenes", type=int, default=40, help="synthetic scenes to time")
-  parser.add_argument("--images", type=int, default=400, help="images through the pipeline")
-  parser.add_argument("--threads", type=int, default=1, help="decode threads")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--distinct", type=int, default=8,
-                      help="distinct 480x640 scenes on disk (repeated by the pipeline)")
-  parser.add_argument("--rows", type=int, default=4096,
-                      help="dataset length (rows cycle over the distinct scenes)")
-  parser.add_argument("--decode-rounds", type=int, default=20,
-                      help="alternating Pillow/fast rounds of the decode timing")
-  parser.add_argument("--json", help="also write the results to this file")
-  args = parser.parse_args(argv)
-  if min(args.scenes, args.images, args.threads, args.batch, args.distinct,
-         args.rows, args.decode_rounds) < 1:
-    print("benchmark_data: --scenes/--images/--threads/--batch/--distinct/--rows/"
-          "--decode-rounds must be >= 1", file=sys.stderr)
-    return 2
+def run(args) -> int:
   results = {"host": platform.node(), "cpu_count": os.cpu_count(),
              "threads": args.threads, "batch": args.batch}
   syn = bench_synthetic(args.scenes, 240, 320)
@@ -224,6 +222,10 @@ def main(argv=None) -> int:
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  return run_script(FLAGS, run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -13,42 +13,43 @@ setting) and a PNG grid of samples (RGB | ground truth | prediction | error)
 next to it. One protocol: {"protocol": NAME, ..., "metrics": {...}}; all:
 {"protocol": "all", ..., "protocols": {NAME: {...}, ...}}; --edges adds
 "edges": {"dbe_acc", "dbe_com", "num_images", "num_images_skipped"}.
-Exit code 0 on success, 2 on bad input.
+Exit codes: 0 done, 2 bad input.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 
+from absl import flags
 
+from percdepth_jax.cli import run_script
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.metrics import PROTOCOLS
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "workdir[:best] or model directory", flag_values=FLAGS)
+flags.DEFINE_string("data", None, "data spec, e.g. synthetic:64:1", flag_values=FLAGS)
+flags.DEFINE_enum("protocol", "densedepth", [*PROTOCOLS, "all"],
+                  "evaluation protocol, or all of them in one pass", flag_values=FLAGS)
+flags.DEFINE_bool("edges", False, "add iBims-1 depth-boundary errors (dbe_acc, dbe_com)",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("no-flip", False, "no flip test-time averaging", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "metrics JSON file to write", flag_values=FLAGS)
+flags.DEFINE_string("grid", None, "sample grid PNG (default: next to --output, .png)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("num-samples", 4, "rows of the grid (0: none)", lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("batch-size", 8, "images per forward pass", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("max-examples", 0, "0: the whole set", lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_integer("height", 480, "synthetic scenes only", flag_values=FLAGS)
+flags.DEFINE_integer("width", 640, "synthetic scenes only", flag_values=FLAGS)
+flags.mark_flags_as_required(["checkpoint", "data", "output"], flag_values=FLAGS)
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--checkpoint", required=True, help="workdir[:best] or model directory")
-  parser.add_argument("--data", required=True, help="data spec, e.g. synthetic:64:1")
-  parser.add_argument("--protocol", default="densedepth", choices=[*PROTOCOLS, "all"],
-                      help="evaluation protocol, or all of them in one pass")
-  parser.add_argument("--edges", action="store_true",
-                      help="add iBims-1 depth-boundary errors (dbe_acc, dbe_com)")
-  parser.add_argument("--no-flip", action="store_true", help="no flip test-time averaging")
-  parser.add_argument("--output", required=True, help="metrics JSON file to write")
-  parser.add_argument("--grid", default=None,
-                      help="sample grid PNG (default: next to --output, .png)")
-  parser.add_argument("--num-samples", type=int, default=4, help="rows of the grid (0: none)")
-  parser.add_argument("--batch-size", type=int, default=8)
-  parser.add_argument("--max-examples", type=int, default=0, help="0: the whole set")
-  parser.add_argument("--height", type=int, default=480, help="synthetic scenes only")
-  parser.add_argument("--width", type=int, default=640, help="synthetic scenes only")
-  return parser
 
-
-def run(args: argparse.Namespace) -> dict:
+def run(args) -> int:
   from percdepth_jax import evaluation, report
   from percdepth_jax.data import resolve_spec
   from percdepth_jax.model_io import load_model_with_step
@@ -84,17 +85,11 @@ def run(args: argparse.Namespace) -> dict:
     grid = pathlib.Path(args.grid) if args.grid else output.with_suffix(".png")
     report.sample_grid(samples, grid, title=f"{args.data} ({args.protocol})")
     print(f"wrote {grid}")
-  return result
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    run(args)
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return run_script(FLAGS, run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -20,32 +20,32 @@ Exit code 0 on success, 1 if the ONNX model disagrees with JAX, 2 on bad input.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
 import sys
 import time
 
+from absl import flags
 
-from percdepth_jax.errors import UserInputError, exit_code
+from percdepth_jax.cli import run_script
+from percdepth_jax.errors import UserInputError
 
 # onnxruntime against JAX on random images: float32 reassociation stays far
 # below this; a dropped padding or a wrong layout is far above it.
 ONNX_TOLERANCE = 1e-4
 
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--checkpoint", required=True, help="workdir[:best] or model directory")
-  parser.add_argument("--format", required=True, choices=["stablehlo", "onnx"])
-  parser.add_argument("--output", required=True, help="file to write (and FILE.json)")
-  parser.add_argument("--height", type=int, default=480, help="input height, multiple of 32")
-  parser.add_argument("--width", type=int, default=640, help="input width, multiple of 32")
-  parser.add_argument("--no-flip", action="store_true", help="no flip test-time averaging")
-  parser.add_argument("--platforms", default="cpu,cuda",
-                      help="stablehlo only: comma-separated jax platforms to lower for")
-  return parser
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "workdir[:best] or model directory", flag_values=FLAGS)
+flags.DEFINE_enum("format", None, ["stablehlo", "onnx"], "file format", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "file to write (and FILE.json)", flag_values=FLAGS)
+flags.DEFINE_integer("height", 480, "input height, multiple of 32", flag_values=FLAGS)
+flags.DEFINE_integer("width", 640, "input width, multiple of 32", flag_values=FLAGS)
+flags.DEFINE_bool("no-flip", False, "no flip test-time averaging", flag_values=FLAGS)
+flags.DEFINE_string("platforms", "cpu,cuda",
+                    "stablehlo only: comma-separated jax platforms to lower for",
+                    flag_values=FLAGS)
+flags.mark_flags_as_required(["checkpoint", "format", "output"], flag_values=FLAGS)
 
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:
@@ -63,7 +63,7 @@ def _log(message: str, t0: float) -> None:
   print(f"[{time.perf_counter() - t0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args) -> int:
   from percdepth_jax import export
 
   t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return exit_code(run, _parser().parse_args(argv))
+  return run_script(FLAGS, run, argv, __doc__)
 
 
 if __name__ == "__main__":

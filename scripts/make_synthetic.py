@@ -12,59 +12,56 @@ files that decode ~4x slower. Reading DIR/manifest.csv back with
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
+from absl import flags
 
+from percdepth_jax.cli import run_script
 from percdepth_jax.errors import UserInputError
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("out", None, "output folder", flag_values=FLAGS)
+flags.DEFINE_integer("num", None, "number of scenes", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "scene seed", flag_values=FLAGS)
+flags.DEFINE_integer("height", 480, "image height", flag_values=FLAGS)
+flags.DEFINE_integer("width", 640, "image width", flag_values=FLAGS)
+flags.DEFINE_integer("png-compression", 0,
+                     "zlib level of the PNGs: 0 = none (fastest to decode) .. 9",
+                     flag_values=FLAGS)
+flags.mark_flags_as_required(["out", "num"], flag_values=FLAGS)
 
-class _Parser(argparse.ArgumentParser):
 
-  def error(self, message):  # usage errors: exit 2 with one paragraph
-    self.exit(2, f"make_synthetic: {message}. Usage: {self.format_usage().strip()}\n")
-
-
-def main(argv=None) -> int:
-  parser = _Parser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument("--num", type=int, required=True, help="number of scenes")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--height", type=int, default=480)
-  parser.add_argument("--width", type=int, default=640)
-  parser.add_argument("--png-compression", type=int, default=0,
-                      help="zlib level of the PNGs: 0 = none (fastest to decode) .. 9")
-  args = parser.parse_args(argv)
+def run(args) -> int:
+  if args.num < 1:
+    raise UserInputError(f"--num must be >= 1, got {args.num}.")
+  if not (8 <= args.height <= 4096 and 8 <= args.width <= 4096):
+    raise UserInputError(
+        f"--height/--width must be between 8 and 4096, got {args.height}x{args.width}.")
+  if not 0 <= args.png_compression <= 9:
+    raise UserInputError(
+        f"--png-compression must be 0 (none) to 9 (smallest), got {args.png_compression}.")
+  out = pathlib.Path(args.out)
+  if out.exists() and not out.is_dir():
+    raise UserInputError(f"--out {out} exists and is not a folder; pick another path.")
+  if (out / "manifest.csv").exists():
+    raise UserInputError(
+        f"--out {out} already holds a manifest.csv; pick an empty folder or "
+        "delete the old one.")
+  from percdepth_jax.data.folder import write_folder
+  from percdepth_jax.data.synthetic import SyntheticSource
+  source = SyntheticSource(args.num, args.seed, args.height, args.width)
   try:
-    if args.num < 1:
-      raise UserInputError(f"--num must be >= 1, got {args.num}.")
-    if not (8 <= args.height <= 4096 and 8 <= args.width <= 4096):
-      raise UserInputError(
-          f"--height/--width must be between 8 and 4096, got {args.height}x{args.width}.")
-    if not 0 <= args.png_compression <= 9:
-      raise UserInputError(
-          f"--png-compression must be 0 (none) to 9 (smallest), got {args.png_compression}.")
-    out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-      raise UserInputError(f"--out {out} exists and is not a folder; pick another path.")
-    if (out / "manifest.csv").exists():
-      raise UserInputError(
-          f"--out {out} already holds a manifest.csv; pick an empty folder or "
-          "delete the old one.")
-    from percdepth_jax.data.folder import write_folder
-    from percdepth_jax.data.synthetic import SyntheticSource
-    source = SyntheticSource(args.num, args.seed, args.height, args.width)
-    try:
-      manifest = write_folder(out, (source[i] for i in range(len(source))),
-                              png_compression=args.png_compression)
-    except OSError as e:
-      raise UserInputError(f"--out {out}: cannot write ({e}).") from None
-  except UserInputError as e:
-    print(f"make_synthetic: {e}", file=sys.stderr)
-    return 2
+    manifest = write_folder(out, (source[i] for i in range(len(source))),
+                            png_compression=args.png_compression)
+  except OSError as e:
+    raise UserInputError(f"--out {out}: cannot write ({e}).") from None
   print(f"wrote {args.num} scenes ({args.height}x{args.width}) to {manifest}")
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  return run_script(FLAGS, run, argv, __doc__)
 
 
 if __name__ == "__main__":

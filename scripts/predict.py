@@ -12,31 +12,29 @@ Exit code 0; 1 if an unreadable image was skipped (it is named); 2 on bad input.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import pathlib
 import sys
 import time
 
-
 import numpy as np
+from absl import flags
 from PIL import Image
 
-from percdepth_jax.errors import UserInputError, exit_code
+from percdepth_jax.cli import run_script
+from percdepth_jax.errors import UserInputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--checkpoint", required=True, help="workdir[:best] or model directory")
-  parser.add_argument("--input", required=True, help="an image or a folder of images")
-  parser.add_argument("--output", default="predictions", help="output folder")
-  parser.add_argument("--no-flip", action="store_true", help="no flip test-time averaging")
-  parser.add_argument("--ply", action="store_true", help="also write coloured point clouds")
-  parser.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in pixels")
-  parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
-  return parser
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "workdir[:best] or model directory", flag_values=FLAGS)
+flags.DEFINE_string("input", None, "an image or a folder of images", flag_values=FLAGS)
+flags.DEFINE_string("output", "predictions", "output folder", flag_values=FLAGS)
+flags.DEFINE_bool("no-flip", False, "no flip test-time averaging", flag_values=FLAGS)
+flags.DEFINE_bool("ply", False, "also write coloured point clouds", flag_values=FLAGS)
+flags.DEFINE_string("intrinsics", None, "fx,fy,cx,cy in pixels", flag_values=FLAGS)
+flags.DEFINE_integer("batch", 8, "images per forward pass", flag_values=FLAGS)
+flags.mark_flags_as_required(["checkpoint", "input"], flag_values=FLAGS)
 
 
 def _intrinsics(text: str | None):
@@ -67,7 +65,7 @@ def run(args) -> int:
   import percdepth_jax
   from percdepth_jax import depth_outputs
   from percdepth_jax.data.decode import decode_rgb
-  from percdepth_jax.data.synthetic import nyu_intrinsics
+  from percdepth_jax.data.camera import nyu_intrinsics
 
   if args.batch < 1:
     raise UserInputError(f"--batch {args.batch} must be >= 1.")
@@ -117,7 +115,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return exit_code(run, _parser().parse_args(argv))
+  return run_script(FLAGS, run, argv, __doc__)
 
 
 if __name__ == "__main__":

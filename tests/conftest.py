@@ -1,10 +1,11 @@
-"""Shared test helpers: random-init PyTorch models saved as state-dict files."""
+"""Session fixtures (random-init PyTorch depth models and their conversion),
+the shared XLA compilation cache and the order of test files; helpers that
+tests import live in tests/helpers.py."""
 
 from __future__ import annotations
 
 import atexit
 import os
-import pathlib
 import shutil
 import tempfile
 
@@ -17,23 +18,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 
-import numpy as np
 import pytest
 
-from percdepth_jax.compare import relative_max_error  # noqa: F401
-from weights_conversion.parity import randomize_batchnorm  # noqa: F401
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-REAL_RGBD = REPO.parent / "shared" / "data" / "real_rgbd"
-
-
-def nchw(x_nhwc):
-  import torch
-  return torch.from_numpy(np.array(np.transpose(x_nhwc, (0, 3, 1, 2))))
-
-
-def nhwc(x_nchw) -> np.ndarray:
-  return np.transpose(x_nchw.detach().numpy(), (0, 2, 3, 1))
+from weights_conversion.parity import randomize_batchnorm
 
 
 @pytest.fixture(scope="session")

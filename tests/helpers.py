@@ -1,5 +1,6 @@
-"""Stand-in files for end-to-end tests: small RGB-D data in the formats users
-bring, built from the real frames, and random-init PyTorch weights."""
+"""Shared test helpers: paths, NHWC <-> NCHW for comparisons with PyTorch, and
+stand-in files for end-to-end tests (small RGB-D data in the formats users
+bring, built from the real frames, and random-init PyTorch weights)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,21 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from tests.conftest import REAL_RGBD, REPO
+from percdepth_jax.compare import relative_max_error  # noqa: F401
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REAL_RGBD = REPO.parent / "shared" / "data" / "real_rgbd"
+
+
+def nchw(x_nhwc):
+  """NHWC NumPy -> an NCHW torch tensor (PyTorch's layout)."""
+  import torch
+  return torch.from_numpy(np.array(np.transpose(x_nhwc, (0, 3, 1, 2))))
+
+
+def nhwc(x_nchw) -> np.ndarray:
+  """An NCHW torch tensor -> NHWC NumPy."""
+  return np.transpose(x_nchw.detach().numpy(), (0, 2, 3, 1))
 
 
 def real_frames(height: int, width: int, dataset: str = "nyu"

@@ -53,3 +53,22 @@ def test_benchmark_json_fields(tmp_path):
 def test_benchmark_bad_arguments(argv, message, capsys):
   assert benchmark.main(argv) == 2
   assert message in capsys.readouterr().err
+
+
+def test_benchmark_separate_processes(tmp_path):
+  """--separate-processes (the GPU comparison's mode): each framework is timed
+  in a process of its own and the parent merges their records, crediting
+  PyTorch with JAX's FLOP count and computing the speed ratio."""
+  out = tmp_path / "bench.json"
+  code = benchmark.main(["--encoder", "densenet_tiny", "--height", "64", "--width", "64",
+                         "--batch", "1", "--steps", "1", "--rounds", "1", "--warmup", "0",
+                         "--mode", "inference", "--compare-pytorch", "--separate-processes",
+                         "--json", str(out)])
+  assert code == 0
+  result = json.loads(out.read_text())
+  assert result["separate_processes"] is True
+  entry = result["modes"]["inference"]
+  assert set(entry) == {"jax", "pytorch", "jax_over_pytorch"}
+  assert entry["pytorch"]["flops_per_step"] == entry["jax"]["flops_per_step"] > 0
+  assert entry["jax_over_pytorch"] == pytest.approx(
+      entry["pytorch"]["ms_per_step_median"] / entry["jax"]["ms_per_step_median"])

@@ -11,7 +11,7 @@ from flax import nnx
 from percdepth_jax.model_io import load_model_with_step
 from percdepth_jax.models import DepthNet, ModelConfig
 from percdepth_jax.training import step as step_lib
-from percdepth_jax.training.checkpoints import Checkpoints
+from percdepth_jax.storage import Checkpoints
 
 
 def _state(seed: int, ema_decay: float):

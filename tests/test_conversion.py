@@ -11,7 +11,7 @@ import torchvision
 
 import percdepth_jax
 from percdepth_jax.errors import UserInputError
-from tests.conftest import REPO
+from tests.helpers import REPO
 from weights_conversion import __main__ as cli
 from weights_conversion import load_torchvision
 from weights_conversion.tables import modernize_key

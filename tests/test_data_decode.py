@@ -14,7 +14,7 @@ from PIL import Image
 from percdepth_jax.data import decode, write_folder
 from percdepth_jax.data.synthetic import render_example
 from percdepth_jax.errors import UserInputError
-from tests.conftest import REAL_RGBD
+from tests.helpers import REAL_RGBD
 
 # An odd size (chroma subsampling and row filters at ragged edges) and an even one.
 SIZES = [(61, 83), (48, 64)]

@@ -12,7 +12,7 @@ from PIL import Image
 from percdepth_jax.data import synthetic as syn
 from percdepth_jax.data.folder import FolderSource
 from percdepth_jax.errors import UserInputError
-from tests.conftest import REAL_RGBD, REPO
+from tests.helpers import REAL_RGBD, REPO
 
 
 @pytest.mark.parametrize("name,frames", [("nyu", 3), ("redwood", 5), ("tum", 1)])
@@ -62,7 +62,7 @@ def test_make_synthetic_round_trip(tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     (["--num", "0"], "--num must be >= 1"),
     (["--num", "2", "--height", "4"], "--height/--width"),
-    (["--num", "x"], "invalid int value"),
+    (["--num", "x"], "flag --num=x: invalid literal for int()"),
 ])
 def test_make_synthetic_bad_input_exits_2(tmp_path, argv, needle):
   """Bad flags: exit code 2, a one-paragraph message, no traceback."""

@@ -18,7 +18,7 @@ from percdepth_jax.data.specs import resolve_spec
 from percdepth_jax.data.synthetic import SyntheticSource
 from percdepth_jax.data.folder import FolderSource
 from percdepth_jax.errors import UserInputError
-from tests.conftest import REAL_RGBD
+from tests.helpers import REAL_RGBD
 
 
 def _png(array) -> bytes:

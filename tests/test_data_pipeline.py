@@ -12,7 +12,7 @@ import pytest
 
 from percdepth_jax.data import pipeline
 from percdepth_jax.errors import UserInputError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 H, W = 4, 6
 
@@ -224,7 +224,7 @@ def test_worker_processes_resume_exactly():
   """worker_count=1 (a Grain worker process decoding the real frames): a state
   taken after 2 batches resumes to the same next 2 batches."""
   from percdepth_jax.data.folder import FolderSource
-  from tests.conftest import REAL_RGBD
+  from tests.helpers import REAL_RGBD
   source = FolderSource(REAL_RGBD / "redwood" / "manifest.csv")
   run = pipeline.make_train_iterator(source, 2, seed=0, worker_count=1, to_jax=False)
   _take(run, 2)

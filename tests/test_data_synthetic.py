@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from percdepth_jax.data import camera
 from percdepth_jax.data import synthetic as syn
 from percdepth_jax.errors import UserInputError
 
@@ -38,10 +39,10 @@ def test_same_seed_same_bytes_different_seeds_differ():
 
 def test_intrinsics_are_nyu_scaled():
   """480x640 gives NYU's Kinect intrinsics; 240x320 halves them (pixel centres)."""
-  np.testing.assert_allclose(syn.nyu_intrinsics(480, 640),
+  np.testing.assert_allclose(camera.nyu_intrinsics(480, 640),
                              [518.8579, 519.46961, 325.58245, 253.73617], rtol=1e-6)
   # Hand-computed: f / 2, (c + 0.5) / 2 - 0.5.
-  np.testing.assert_allclose(syn.nyu_intrinsics(240, 320),
+  np.testing.assert_allclose(camera.nyu_intrinsics(240, 320),
                              [259.42895, 259.734805, 162.541225, 126.618085], rtol=1e-6)
 
 
@@ -85,7 +86,7 @@ def test_floor_depth_matches_closed_form():
 def test_sphere_depth_matches_closed_form():
   """A sphere centred on the ray of pixel (u0, v0): z-depth there is
   (|c| - r) / |d| with d = ((u0 - cx) / fx, (v0 - cy) / fy, 1)."""
-  fx, fy, cx, cy = syn.nyu_intrinsics(H, W)
+  fx, fy, cx, cy = camera.nyu_intrinsics(H, W)
   u0, v0 = 40, 20
   d = np.array([(u0 - cx) / fx, (v0 - cy) / fy, 1.0])
   centre_cam = d / np.linalg.norm(d) * 2.5  # 2.5 m along the pixel ray

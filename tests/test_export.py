@@ -11,7 +11,7 @@ import percdepth_jax
 from percdepth_jax import export
 from scripts import export as export_script
 from tests import helpers
-from tests.conftest import relative_max_error
+from tests.helpers import relative_max_error
 
 HEIGHT, WIDTH = 64, 96
 
@@ -143,8 +143,8 @@ def test_bad_input_exits_2(checkpoint, tmp_path, capsys, argv, message):
   assert not (tmp_path / "m.stablehlo").exists()
 
 
-def test_unknown_format_is_refused(checkpoint, tmp_path):
-  """--format is checked by argparse (usage error, exit code 2)."""
-  with pytest.raises(SystemExit) as e:
-    _export(checkpoint, tmp_path / "m.tflite", "tflite")
-  assert e.value.code == 2
+def test_unknown_format_is_refused(checkpoint, tmp_path, capsys):
+  """--format is checked when the flags are parsed (usage error, exit code 2)."""
+  assert _export(checkpoint, tmp_path / "m.tflite", "tflite") == 2
+  assert "--format=tflite: value should be one of <stablehlo|onnx>" in capsys.readouterr().err
+  assert not (tmp_path / "m.tflite").exists()

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()
 

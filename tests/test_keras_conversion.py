@@ -29,7 +29,7 @@ from percdepth_jax.models import ModelConfig
 from percdepth_jax.models.densenet import DenseNet
 from percdepth_jax.models.layers import BatchNorm2d
 from tests import helpers
-from tests.conftest import REAL_RGBD, REPO, relative_max_error
+from tests.helpers import REAL_RGBD, REPO, relative_max_error
 from weights_conversion import __main__ as cli
 
 HEIGHT, WIDTH = 96, 128  # NYU's 480x640 scaled by 1/5: multiples of 32

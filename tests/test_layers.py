@@ -11,7 +11,7 @@ from flax import nnx
 from percdepth_jax.models.layers import (BatchNorm2d, Conv2d, avg_pool_2x2,
                                          max_pool_3x3_s2_p1,
                                          resize_bilinear_align_corners)
-from tests.conftest import nchw, nhwc
+from tests.helpers import nchw, nhwc
 
 
 @pytest.mark.parametrize("in_hw,out_hw", [((3, 5), (6, 10)), ((7, 9), (14, 18)),
@@ -112,3 +112,35 @@ def test_max_pool_gradient_matches_torch_without_ties():
     _, vjp = jax.vjp(max_pool_3x3_s2_p1, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(dy))[0]), nhwc(x_t.grad),
                                atol=1e-6)
+
+
+def test_cpu_weight_gradients_switch_and_forward_mode():
+  """The CPU weight-gradient kernels are on by default on the CPU backend
+  (forward-mode differentiation then fails: a custom_vjp has no jvp); with
+  them off, `jax.jvp` runs through the whole depth network, and its tangent
+  J v agrees with the reverse-mode gradient (computed with the kernels on) by
+  the dot-product identity <J v, u> = <v, J^T u>."""
+  from percdepth_jax.models import DepthNet, ModelConfig
+  from percdepth_jax.models import convolution
+
+  model = DepthNet(ModelConfig(encoder="densenet_tiny"),
+                   rngs=nnx.Rngs(0))
+  model.eval()
+  rng = np.random.RandomState(5)
+  x = jnp.asarray(rng.uniform(0, 255, (1, 32, 64, 3)).astype(np.float32))
+  v = jnp.asarray(rng.randn(*x.shape).astype(np.float32))
+  u = jnp.asarray(rng.randn(1, 32, 64, 1).astype(np.float32))
+  f = lambda image: model(image)
+
+  assert convolution.cpu_weight_gradients_enabled()
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(f, (x,), (v,))
+  _, vjp = jax.vjp(f, x)
+  (jt_u,) = vjp(u)
+
+  with convolution.cpu_weight_gradients(False):
+    out, j_v = jax.jvp(f, (x,), (v,))
+  assert convolution.cpu_weight_gradients_enabled()  # restored after the block
+  np.testing.assert_allclose(np.asarray(out), np.asarray(f(x)), rtol=1e-6, atol=1e-6)
+  lhs, rhs = float(jnp.vdot(j_v, u)), float(jnp.vdot(v, jt_u))
+  assert abs(lhs - rhs) <= 1e-4 * max(abs(lhs), abs(rhs)), (lhs, rhs)

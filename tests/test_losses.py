@@ -13,7 +13,8 @@ from skimage.metrics import structural_similarity
 
 import weights_conversion
 from percdepth_jax import losses
-from tests.conftest import nchw, nhwc, randomize_batchnorm, relative_max_error
+from tests.helpers import nchw, nhwc, relative_max_error
+from weights_conversion.parity import randomize_batchnorm
 from weights_conversion import torch_reference
 
 MAX_VAL = 100.0  # DepthNorm's dynamic range (ModelConfig.target_max_value).

@@ -13,7 +13,8 @@ from flax import nnx
 
 import percdepth_jax
 from percdepth_jax.models import DepthNet, ModelConfig
-from tests.conftest import nchw, nhwc, randomize_batchnorm, relative_max_error
+from tests.helpers import nchw, nhwc, relative_max_error
+from weights_conversion.parity import randomize_batchnorm
 from weights_conversion import (convert_densedepth, convert_torchvision,
                                 densedepth_model_config, load_torchvision)
 from weights_conversion import torch_reference

@@ -7,7 +7,7 @@ from PIL import Image
 
 from percdepth_jax import depth_outputs
 from scripts import predict
-from tests.conftest import REAL_RGBD
+from tests.helpers import REAL_RGBD
 
 NYU_RGB = REAL_RGBD / "nyu" / "rgb"
 

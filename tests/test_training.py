@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 TRAIN = str(REPO / "scripts" / "train.py")
 TINY = str(REPO / "configs" / "tiny.py")

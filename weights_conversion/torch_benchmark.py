@@ -91,10 +91,11 @@ def _workload(mode: str, step) -> Workload:
 def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
                    loss_weights: tuple[float, float, float, float],
                    learning_rate: float, betas: tuple[float, float],
-                   seed: int = 0) -> Workload:
+                   seed: int = 0, compile_model: bool = False) -> Workload:
   """One training step per call of run(1), on a fixed batch (`synthetic_batch`);
   loss weights (l1, gradient, ssim, perceptual) and Adam's constants as in
-  the JAX config."""
+  the JAX config. compile_model: the depth network under torch.compile
+  (its compilation falls in the first, untimed step)."""
   torch.manual_seed(seed)
   cfg = ModelConfig(encoder=encoder)
   device, fmt = _device(), _memory_format()
@@ -108,10 +109,11 @@ def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
   valid = torch.from_numpy(batch["valid"])[:, None].to(device)
   mask = valid & torch.isfinite(depth) & (depth > 0)
   target = DEPTH_NORM_SCALE / depth.clamp(cfg.min_depth, cfg.max_depth)
+  forward = torch.compile(model) if compile_model else model
 
   def step() -> None:
     with _autocast(dtype):
-      out = model(image)
+      out = forward(image)
       total, _ = torch_reference.total_loss(
           out.float(), target, mask, val_range=cfg.target_max_value,
           resnet=resnet, weights=loss_weights)
@@ -123,20 +125,22 @@ def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
 
 
 def inference_workload(encoder: str, dtype: str, image_NxHxWx3: np.ndarray,
-                       seed: int = 0) -> Workload:
-  """Depth in metres with flip test-time averaging, under inference_mode."""
+                       seed: int = 0, compile_model: bool = False) -> Workload:
+  """Depth in metres with flip test-time averaging, under inference_mode
+  (compile_model: the network under torch.compile)."""
   torch.manual_seed(seed)
   cfg = ModelConfig(encoder=encoder)
   model = torch_reference.DepthModel(encoder).to(_device(), memory_format=_memory_format())
   model.eval()
+  forward = torch.compile(model) if compile_model else model
   image = _to_nchw(image_NxHxWx3).float()
   lo, hi = DEPTH_NORM_SCALE / cfg.max_depth, DEPTH_NORM_SCALE / cfg.min_depth
 
   @torch.inference_mode()
   def predict() -> torch.Tensor:
     with _autocast(dtype):
-      out = model(image).float()
-      flipped = model(image.flip(3)).float().flip(3)
+      out = forward(image).float()
+      flipped = forward(image.flip(3)).float().flip(3)
     metres = lambda o: DEPTH_NORM_SCALE / o.clamp(lo, hi)
     return 0.5 * (metres(out) + metres(flipped))
 

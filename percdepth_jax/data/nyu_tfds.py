@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 
 from percdepth_jax.data import decode
+from percdepth_jax.data.camera import nyu_intrinsics
 from percdepth_jax.errors import UserInputError
 
 NAME = "nyu_depth_v2"
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation",
                  "test": "validation"}
-# Intrinsics of the Kinect the dataset was recorded with (480x640).
-NYU_INTRINSICS = np.array([518.8579, 519.46961, 325.58245, 253.73617], np.float32)
 
 
 def default_data_dir() -> str:
@@ -62,7 +61,7 @@ class TfdsNyuSource(decode.FileSource):
     name = f"tfds:{NAME}/{self.split}[{index}]"
     example = decode.make_example(np.asarray(record["image"], np.uint8), depth_m,
                                   rgb_name=name, depth_name=name)
-    example["intrinsics"] = NYU_INTRINSICS.copy()
+    example["intrinsics"] = nyu_intrinsics()
     example["name"] = name
     return example
 

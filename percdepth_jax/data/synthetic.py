@@ -18,24 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from percdepth_jax.data.camera import nyu_intrinsics
 from percdepth_jax.errors import UserInputError
 
-# NYU Depth v2 Kinect intrinsics at 480x640 (fx, fy, cx, cy).
-NYU_INTRINSICS = (518.8579, 519.46961, 325.58245, 253.73617)
-NYU_HEIGHT, NYU_WIDTH = 480, 640
 TEXTURES = ("plain", "checker", "stripes", "noise")
 _EPS = 1e-4
 _NOISE_GRID = 32  # value-noise lattice size (periodic)
 # Light falloff: irradiance = intensity * max(0, n.l) / (1 + FALLOFF * d^2).
 FALLOFF = 0.08
-
-
-def nyu_intrinsics(height: int, width: int) -> np.ndarray:
-  """NYU's Kinect intrinsics scaled to HxW (pixel-centre convention)."""
-  fx, fy, cx, cy = NYU_INTRINSICS
-  sx, sy = width / NYU_WIDTH, height / NYU_HEIGHT
-  return np.array([fx * sx, fy * sy, (cx + 0.5) * sx - 0.5,
-                   (cy + 0.5) * sy - 0.5], np.float32)
 
 
 def camera_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:

@@ -3,9 +3,9 @@
 from percdepth_jax.models.config import ModelConfig
 from percdepth_jax.models.decoder import BridgeBlock, Decoder
 from percdepth_jax.models.densenet import DENSENET_SPECS, DenseNet
-from percdepth_jax.models.depth_net import (DepthNet, metres_to_target,
-                                            target_to_metres)
+from percdepth_jax.models.depth_net import (INPUT_MULTIPLE, DepthNet,
+                                            metres_to_target, target_to_metres)
 from percdepth_jax.models.resnet import ResNet50
 
 __all__ = ["BridgeBlock", "DENSENET_SPECS", "Decoder", "DenseNet", "DepthNet",
-           "ModelConfig", "ResNet50", "metres_to_target", "target_to_metres"]
+           "INPUT_MULTIPLE", "ModelConfig", "ResNet50", "metres_to_target", "target_to_metres"]

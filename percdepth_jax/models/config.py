@@ -13,6 +13,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # DenseDepth's DepthNorm: target = DEPTH_NORM_SCALE / depth_m.
 DEPTH_NORM_SCALE = 10.0
+# Fields that say how the model computes, not what: a run may change them
+# for a model it loads or resumes.
+COMPUTE_FIELDS = ("dtype", "remat")
 
 _CHOICES = {
     "encoder": ("densenet121", "densenet161", "densenet169", "densenet201",
@@ -41,6 +44,8 @@ class ModelConfig:
   batchnorm_eps: epsilon of the encoder's BatchNorms: 1e-5 as in torchvision,
     1.001e-5 for Keras DenseNets (converted DenseDepth .h5 models).
   dtype: compute dtype; parameters and BatchNorm statistics stay float32.
+  remat: recompute each dense layer's activations in the backward pass
+    instead of storing them: less memory for larger batches, more compute.
   """
 
   encoder: str = "densenet121"
@@ -53,6 +58,7 @@ class ModelConfig:
   max_depth: float = 10.0
   batchnorm_eps: float = 1e-5
   dtype: str = "float32"
+  remat: bool = False
 
   def __post_init__(self):
     for field, allowed in _CHOICES.items():
@@ -84,6 +90,10 @@ class ModelConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+  def architecture(self) -> dict[str, Any]:
+    """The fields that decide the weights and outputs (all but COMPUTE_FIELDS)."""
+    return {k: v for k, v in self.to_dict().items() if k not in COMPUTE_FIELDS}
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":

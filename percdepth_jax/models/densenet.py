@@ -57,7 +57,7 @@ class DenseLayer(nnx.Module):
   """BN-ReLU-Conv1x1 (bottleneck) then BN-ReLU-Conv3x3 producing `growth_rate` maps."""
 
   def __init__(self, in_features: int, growth_rate: int, bn_size: int, *,
-               bn_eps: float, dtype, rngs: nnx.Rngs):
+               bn_eps: float, dtype, remat: bool = False, rngs: nnx.Rngs):
     width = bn_size * growth_rate
     self.norm1 = BatchNorm2d(in_features, eps=bn_eps, dtype=dtype)
     self.conv1 = Conv2d(in_features, width, 1, use_bias=False, dtype=dtype, rngs=rngs)
@@ -65,8 +65,8 @@ class DenseLayer(nnx.Module):
     self.conv2 = Conv2d(width, growth_rate, 3, padding=1, use_bias=False,
                         dtype=dtype, rngs=rngs)
     # Recompute this layer's activations in the backward pass instead of
-    # storing them (set by `set_remat`): memory for larger batches.
-    self.remat = False
+    # storing them: memory for larger batches.
+    self.remat = remat
 
   def _forward(self, x_BxHxWxC: jax.Array) -> jax.Array:
     h = self.conv1(jax.nn.relu(self.norm1(x_BxHxWxC)))
@@ -82,12 +82,12 @@ class DenseBlock(nnx.Module):
   """`denselayer1..N`, each seeing the concatenation of all earlier maps."""
 
   def __init__(self, num_layers: int, in_features: int, growth_rate: int,
-               bn_size: int, *, bn_eps: float, dtype, rngs: nnx.Rngs):
+               bn_size: int, *, bn_eps: float, dtype, remat: bool, rngs: nnx.Rngs):
     self.num_layers = num_layers
     for i in range(num_layers):
       setattr(self, f"denselayer{i + 1}",
               DenseLayer(in_features + i * growth_rate, growth_rate, bn_size,
-                         bn_eps=bn_eps, dtype=dtype, rngs=rngs))
+                         bn_eps=bn_eps, dtype=dtype, remat=remat, rngs=rngs))
 
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     features = [x_BxHxWxC]
@@ -114,7 +114,7 @@ class DenseNetFeatures(nnx.Module):
   """torchvision's `DenseNet.features`: conv0 ... norm5."""
 
   def __init__(self, spec: DenseNetSpec, *, bn_eps: float = 1e-5, dtype,
-               rngs: nnx.Rngs):
+               remat: bool = False, rngs: nnx.Rngs):
     self.conv0 = Conv2d(3, spec.num_init_features, 7, stride=2, padding=3,
                         use_bias=False, dtype=dtype, rngs=rngs)
     self.norm0 = BatchNorm2d(spec.num_init_features, eps=bn_eps, dtype=dtype)
@@ -122,7 +122,7 @@ class DenseNetFeatures(nnx.Module):
     for i, num_layers in enumerate(spec.block_config):
       setattr(self, f"denseblock{i + 1}",
               DenseBlock(num_layers, channels, spec.growth_rate, spec.bn_size,
-                         bn_eps=bn_eps, dtype=dtype, rngs=rngs))
+                         bn_eps=bn_eps, dtype=dtype, remat=remat, rngs=rngs))
       channels += num_layers * spec.growth_rate
       if i < len(spec.block_config) - 1:
         setattr(self, f"transition{i + 1}",
@@ -153,17 +153,19 @@ class DenseNet(nnx.Module):
   Output: dict with relu0 (H/2), pool0 (H/4), transition1 (H/8),
   transition2 (H/16), norm5 (H/32) and optionally logits (B x num_classes).
   bn_eps: BatchNorm epsilon, 1e-5 as torchvision (Keras DenseNets: 1.001e-5).
+  remat: recompute each dense layer in the backward pass (less memory).
   """
 
   def __init__(self, arch: str = "densenet121", *, num_classes: int | None = None,
-               bn_eps: float = 1e-5, dtype=jnp.float32, rngs: nnx.Rngs):
+               bn_eps: float = 1e-5, dtype=jnp.float32, remat: bool = False,
+               rngs: nnx.Rngs):
     if arch not in DENSENET_SPECS:
       raise ValueError(f"unknown DenseNet arch {arch!r}; "
                        f"choose one of {sorted(DENSENET_SPECS)}")
     self.arch = arch
     self.spec = DENSENET_SPECS[arch]
     self.features = DenseNetFeatures(self.spec, bn_eps=bn_eps, dtype=dtype,
-                                     rngs=rngs)
+                                     remat=remat, rngs=rngs)
     self.classifier = (Linear(self.features.num_features, num_classes,
                               dtype=dtype, rngs=rngs)
                        if num_classes else None)
@@ -175,9 +177,3 @@ class DenseNet(nnx.Module):
       out["logits"] = self.classifier(pooled_BxC).astype(jnp.float32)
     return out
 
-
-def set_remat(module: nnx.Module, enabled: bool = True) -> None:
-  """Turns rematerialisation of every dense layer in `module` on or off."""
-  for _, sub in nnx.iter_modules(module):
-    if isinstance(sub, DenseLayer):
-      sub.remat = enabled

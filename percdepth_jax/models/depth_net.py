@@ -28,7 +28,7 @@ class DepthNet(nnx.Module):
     self.config = config
     dtype = config.compute_dtype
     self.encoder = DenseNet(config.encoder, bn_eps=config.batchnorm_eps,
-                            dtype=dtype, rngs=rngs)
+                            dtype=dtype, remat=config.remat, rngs=rngs)
     self.decoder = Decoder(self.encoder.spec.skip_features,
                            width=config.decoder_width,
                            leaky_relu_after_conv_a=config.leaky_relu_after_conv_a,

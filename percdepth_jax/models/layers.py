@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from percdepth_jax.models.convolution import conv2d
+
+
 def uniform_init(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
   """U(-bound, bound) samples of `shape`, float32.
 
@@ -38,115 +41,9 @@ def _kernel_bound(init: str, fan_in: int, fan_out: int) -> float:
   raise ValueError(f"unknown init {init!r}")
 
 
-def _conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
-          padding: int) -> jax.Array:
-  p = padding
-  return jax.lax.conv_general_dilated(
-      x_BxHxWxC, kernel_KxKxCxD, window_strides=(stride, stride),
-      padding=((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _conv3x3_kernel_grad(x_BxHxWxC: jax.Array, dy_BxHxWxD: jax.Array) -> jax.Array:
-  """Weight gradient of a 3x3, stride 1, padding 1 convolution as one matmul.
-
-  dk[i, j] = sum over pixels m of x_pad[m + off_ij] (outer) dy[m]. On the
-  flattened padded grid every tap (i, j) is a constant offset, so the nine
-  shifted copies of dy side by side give all taps in one
-  (C, N) x (N, 9D) matrix product. XLA's CPU backend otherwise lowers this
-  gradient as a convolution whose window is the whole feature map, 2-8x
-  slower (docs/benchmarks.md).
-  """
-  b, h, w, c = x_BxHxWxC.shape
-  d = dy_BxHxWxD.shape[-1]
-  wp = w + 2
-  x_NxC = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
-  # dy at the top-left of the same padded grid: output (y, x) sits at y*wp + x.
-  dy_NxD = jnp.pad(dy_BxHxWxD, ((0, 0), (0, 2), (0, 2), (0, 0))).reshape(-1, d)
-  n = x_NxC.shape[0]
-  shifted_Nx9D = jnp.concatenate(
-      [jnp.pad(dy_NxD, ((i * wp + j, 0), (0, 0)))[:n] for i in range(3) for j in range(3)],
-      axis=1)
-  dk_Cx9D = jax.lax.dot_general(x_NxC, shifted_Nx9D, (((0,), (0,)), ((), ())),
-                                preferred_element_type=jnp.float32)
-  return dk_Cx9D.reshape(c, 3, 3, d).transpose(1, 2, 0, 3)
-
-
-@jax.custom_vjp
-def conv3x3_same(x_BxHxWxC: jax.Array, kernel_3x3xCxD: jax.Array) -> jax.Array:
-  """3x3 convolution, stride 1, padding 1, with a faster weight gradient.
-
-  Forward and input gradient are XLA's; only the kernel gradient is computed
-  differently on CPU (`_conv3x3_kernel_grad`), equal up to float rounding.
-  """
-  return _conv(x_BxHxWxC, kernel_3x3xCxD, 1, 1)
-
-
-def _conv3x3_fwd(x, kernel):
-  return _conv(x, kernel, 1, 1), (x, kernel)
-
-
-def _conv3x3_bwd(residuals, dy):
-  x, kernel = residuals
-  _, conv_vjp = jax.vjp(lambda x, k: _conv(x, k, 1, 1), x, kernel)
-  # Only XLA:CPU needs the rewrite; GPUs keep cuDNN's weight gradient.
-  dk = jax.lax.platform_dependent(
-      x, dy, cpu=lambda x, dy: _conv3x3_kernel_grad(x, dy).astype(kernel.dtype),
-      default=lambda x, dy: conv_vjp(dy)[1])
-  return conv_vjp(dy)[0], dk
-
-
-conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
-
-
-def _stem_kernel_grad(x_BxHxWxC: jax.Array, dy_BxPxQxD: jax.Array, size: int,
-                      stride: int, padding: int) -> jax.Array:
-  """Weight gradient of a convolution on few input channels (an RGB stem) as
-  im2col + one matmul: the patches of a 3-channel image are small (K*K*3
-  values per output pixel), and XLA's CPU lowering of this gradient is a
-  convolution with a whole-feature-map window, several times slower."""
-  c = x_BxHxWxC.shape[-1]
-  _, p, q, d = dy_BxPxQxD.shape
-  x = jnp.pad(x_BxHxWxC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  taps = [x[:, i:i + stride * (p - 1) + 1:stride, j:j + stride * (q - 1) + 1:stride]
-          for i in range(size) for j in range(size)]
-  patches_BxPxQxKKC = jnp.concatenate(taps, axis=-1)
-  dk = jnp.einsum("bpqk,bpqd->kd", patches_BxPxQxKKC, dy_BxPxQxD,
-                  preferred_element_type=jnp.float32)
-  return dk.reshape(size, size, c, d)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_stem(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
-              padding: int) -> jax.Array:
-  """A convolution on an image's few channels, with an im2col weight gradient."""
-  return _conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
-
-
-def _conv_stem_fwd(x, kernel, stride, padding):
-  return _conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_stem_bwd(stride, padding, residuals, dy):
-  x, kernel = residuals
-  _, conv_vjp = jax.vjp(lambda x, k: _conv(x, k, stride, padding), x, kernel)
-  dk = jax.lax.platform_dependent(  # as in _conv3x3_bwd: a CPU-only rewrite
-      x, dy, cpu=lambda x, dy: _stem_kernel_grad(
-          x, dy, kernel.shape[0], stride, padding).astype(kernel.dtype),
-      default=lambda x, dy: conv_vjp(dy)[1])
-  return conv_vjp(dy)[0], dk
-
-
-conv_stem.defvjp(_conv_stem_fwd, _conv_stem_bwd)
-
-
 class Conv2d(nnx.Module):
-  """`torch.nn.Conv2d` in NHWC with HWIO kernels and explicit symmetric padding.
-
-  1x1 convolutions run as an `einsum` matrix product: XLA then computes their
-  weight gradients as a matmul instead of a whole-feature-map convolution,
-  which is several times faster on CPU (docs/design.md, 'Implementation
-  notes').
-  """
+  """`torch.nn.Conv2d` in NHWC with HWIO kernels and explicit symmetric padding
+  (computed by `convolution.conv2d`)."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
                stride: int = 1, padding: int = 0, use_bias: bool = True,
@@ -174,16 +71,7 @@ class Conv2d(nnx.Module):
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     x = x_BxHxWxC.astype(self.dtype)
     kernel = self.kernel[...].astype(self.dtype)
-    if self.kernel_size == 1 and self.padding == 0:
-      if self.stride > 1:
-        x = x[:, ::self.stride, ::self.stride, :]
-      y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
-    elif self.kernel_size == 3 and self.stride == 1 and self.padding == 1:
-      y = conv3x3_same(x, kernel)
-    elif self.in_features <= 4:
-      y = conv_stem(x, kernel, self.stride, self.padding)
-    else:
-      y = _conv(x, kernel, self.stride, self.padding)
+    y = conv2d(x, kernel, self.stride, self.padding)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y

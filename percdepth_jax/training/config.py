@@ -24,6 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 5_000
   c.keep_checkpoints = 3
 
+  # The depth model (models/config.py); model.remat=True recomputes dense
+  # layers in the backward pass to fit larger batches.
   c.model = ml_collections.ConfigDict(ModelConfig().to_dict())
 
   # Initial weights (training/initial_weights.py). model: a whole depth model
@@ -86,8 +88,6 @@ def base_config() -> ml_collections.ConfigDict:
   # Depth-boundary errors (iBims-1 dbe_acc, dbe_com) in the final evaluation.
   c.eval.edges = True
   c.eval.baseline = False  # also report a constant (train mean) depth baseline
-
-  c.remat = False  # rematerialise dense layers to fit larger batches
 
   # Many hosts: set these, or leave them empty where the cluster environment
   # (SLURM, TPU, Open MPI...) lets jax.distributed.initialize() find them.

@@ -28,10 +28,7 @@ from percdepth_jax.model_io import (build_module, fill_module, load_backbone,
                                     load_model_with_step, read_model_json,
                                     split_checkpoint_spec)
 from percdepth_jax.models import DepthNet, ModelConfig, ResNet50
-
-# Model-config fields a run may set for a fine-tuned model: how it computes,
-# not what it computes.
-_COMPUTE_FIELDS = ("dtype",)
+from percdepth_jax.models.config import COMPUTE_FIELDS
 
 
 def _log(message: str) -> None:
@@ -43,7 +40,7 @@ def run_model_config(config, overrides: Iterable[str] = ()) -> ModelConfig:
   """The model config a run trains.
 
   `config.model`, unless `config.init.model` names a whole model: then that
-  model's architecture, with only the compute fields (dtype) from
+  model's architecture, with only the compute fields (dtype, remat) from
   `config.model`. `overrides` are the dotted config names set on the command
   line; one that would change the loaded model's architecture is refused.
   """
@@ -66,7 +63,7 @@ def run_model_config(config, overrides: Iterable[str] = ()) -> ModelConfig:
   own_fields, loaded_fields = dataclasses.asdict(own), dataclasses.asdict(loaded)
   changed = [name for name in (o.removeprefix("model.") for o in overrides
                                if o.startswith("model."))
-             if name not in _COMPUTE_FIELDS
+             if name not in COMPUTE_FIELDS
              and own_fields.get(name) != loaded_fields.get(name)]
   if changed:
     listing = ", ".join(f"model.{n}={own_fields[n]!r} (the model has "
@@ -74,10 +71,11 @@ def run_model_config(config, overrides: Iterable[str] = ()) -> ModelConfig:
     raise UserInputError(
         f"--config.{listing} would change the architecture of "
         f"config.init.model={config.init.model}; fine-tuning keeps the model's "
-        "architecture (only model.dtype may be set). Drop the override, or "
-        "train that architecture from ImageNet weights without config.init.model.")
+        "architecture (only model.dtype and model.remat may be set). Drop the "
+        "override, or train that architecture from ImageNet weights without "
+        "config.init.model.")
   return dataclasses.replace(
-      loaded, **{name: own_fields[name] for name in _COMPUTE_FIELDS})
+      loaded, **{name: own_fields[name] for name in COMPUTE_FIELDS})
 
 
 def _backbone(arch: str, path: str, *, what: str, scratch_flag: str,

@@ -21,18 +21,15 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from percdepth_jax import evaluation, report
+from percdepth_jax import evaluation, model_io, report, storage
 from percdepth_jax.data import AugmentConfig, resolve_spec
 from percdepth_jax.data.crop import CenterCropSource, parse_size
 from percdepth_jax.data import pipeline as data_pipeline
 from percdepth_jax.errors import UserInputError
-from percdepth_jax.model_io import FORMAT, VERSION, MODEL_JSON
-from percdepth_jax.models import ModelConfig
-from percdepth_jax.models.depth_net import INPUT_MULTIPLE
-from percdepth_jax.models.densenet import set_remat
+from percdepth_jax.models import INPUT_MULTIPLE, ModelConfig
+from percdepth_jax.storage import Checkpoints
 from percdepth_jax.training import initial_weights
 from percdepth_jax.training import step as step_lib
-from percdepth_jax.training.checkpoints import Checkpoints
 from percdepth_jax.training.metric_logging import METRICS_FILE, MetricWriter, Progress
 
 # Exit codes of scripts/train.py for a run stopped by a signal after saving.
@@ -106,29 +103,14 @@ def _data_source(config, spec: str, split: str):
 
 
 def _start_run(workdir: pathlib.Path, model_config: ModelConfig, config) -> None:
-  """Makes `workdir` a run of `model_config` (model.json, config.json), or
-  checks that it already is one. Every process checks, process 0 writes,
-  between barriers, so no process reads a half-written file."""
-  meta = {"format": FORMAT, "version": VERSION, "kind": "depth_net",
-          "config": model_config.to_dict(), "source": {"format": "training"}}
-  path = workdir / MODEL_JSON
-  multihost_utils.sync_global_devices("percdepth_jax: before model.json")
-  if path.exists():
-    previous = ModelConfig.from_dict(json.loads(path.read_text())["config"]).to_dict()
-    if previous != meta["config"]:
-      raise UserInputError(
-          f"{workdir} holds a run of another model ({previous}); this config "
-          f"builds {meta['config']}. Use a new --workdir, or the old model config.")
-  elif jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=2) + "\n")
+  """Claims `workdir` for the run (model.json) and records its config as run."""
+  model_io.claim_workdir(workdir, model_config)
   if jax.process_index() == 0:
     # As run: with config.init.model the model config is the loaded model's.
     record = config.to_dict()
     record["model"] = model_config.to_dict()
-    (workdir / "config.json").write_text(
+    (workdir / storage.CONFIG_JSON).write_text(
         ml_collections.ConfigDict(record).to_json_best_effort(indent=2) + "\n")
-  multihost_utils.sync_global_devices("percdepth_jax: after model.json")
 
 
 class StoppedBySignal(Exception):
@@ -229,8 +211,6 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
   train_source = _data_source(config, config.data.train, "train")
   eval_source = _data_source(config, config.data.eval, "test")
   model = initial_weights.build_model(config, model_config)
-  if config.remat:
-    set_remat(model, True)
   perceptual = initial_weights.build_perceptual_net(config)
   _start_run(workdir, model_config, config)
 
@@ -300,9 +280,9 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
 
   progress = Progress(config.num_steps, config.batch_size, start_step, enabled=is_main)
 
-  def log_metrics(metrics, step: int, force: bool = False) -> None:
-    """Checks a step's metrics (one step late, keeping dispatch async) and
-    logs them every log_every steps."""
+  def report_metrics(step: int, metrics, force: bool = False) -> None:
+    """Checks a step's metrics and logs them every log_every steps. Called a
+    step late, so that reading them does not stall the dispatch of the next."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not values.pop("finite"):
       raise NonFiniteLossError(
@@ -318,7 +298,15 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
     if step == start_step + 1:
       progress.reset_clock(step)  # exclude compilation from img/s
 
-  pending = None  # (metrics, step) of the last step, not yet checked
+  def save(step: int, eval_due: bool) -> None:
+    checkpoints.save(step, state, train_iter.get_state(), meta(step, eval_due))
+
+  def stop_run(signal_name: str, step: int) -> None:
+    checkpoints.wait()
+    checkpoints.close()
+    raise StoppedBySignal(signal_name, step, workdir)
+
+  pending = None  # (step, metrics) of the last step, not yet checked
   step = start_step
   try:
     with _StopRequest() as stop:
@@ -326,19 +314,18 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
         run_eval(start_step)  # due when the run stopped, not run then
       for step in range(start_step + 1, config.num_steps + 1):
         state, metrics = train_step(state, perceptual_state, next(train_iter))
-        if pending is not None:
-          log_metrics(*pending)
-        pending = (metrics, step)
-        eval_due = _every(step, config.eval_every) or step == config.num_steps
+        previous, pending = pending, (step, metrics)
+        if previous is not None:
+          report_metrics(*previous)
+        last = step == config.num_steps
+        eval_due = _every(step, config.eval_every) or last
         if _every(step, config.checkpoint_every) or eval_due or stop.signal:
-          log_metrics(*pending, force=step == config.num_steps)
+          report_metrics(*pending, force=last)
           pending = None
-          checkpoints.save(step, state, train_iter.get_state(), meta(step, eval_due))
+          save(step, eval_due)
         if stop.signal:
-          checkpoints.wait()
-          checkpoints.close()
-          raise StoppedBySignal(stop.signal, step, workdir)
-        if eval_due and step != config.num_steps:
+          stop_run(stop.signal, step)
+        if eval_due and not last:
           run_eval(step)
   except NonFiniteLossError:
     checkpoints.wait()

@@ -1,7 +1,17 @@
-"""Training checkpoints with Orbax: the latest N and the best by d1.
+"""On-disk formats: model directories and training workdirs.
 
-A workdir holds
-  model.json            the model config (same format as a converted model dir)
+The one module that knows the layout of both (model_io and training build on
+it and never write these files themselves).
+
+A model directory (what weight conversion writes, `model_io.save_model`):
+  DIR/model.json   {"format": "percdepth_jax.model", "version": 1,
+                    "kind": "depth_net" | "densenet" | "resnet50",
+                    "config": {...}, "source": {...}}
+  DIR/state/       Orbax checkpoint of the parameters and BatchNorm statistics
+
+A training workdir:
+  model.json            the model config (the same format, kind depth_net)
+  config.json           the training config as run
   checkpoints/<step>/   latest N: model (params + batch stats; the params'
                         moving average when the run keeps one), train
                         (optimizer state, step; then also the raw params),
@@ -13,6 +23,8 @@ so a killed run always leaves its last finished checkpoint usable.
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 from typing import Any
 
@@ -20,8 +32,76 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from percdepth_jax.errors import UserInputError
+
+FORMAT = "percdepth_jax.model"
+VERSION = 1
+MODEL_JSON = "model.json"
+CONFIG_JSON = "config.json"
+STATE_DIR = "state"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+
+
+def model_json(kind: str, config: dict[str, Any],
+               source: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The contents of a model.json."""
+  return {"format": FORMAT, "version": VERSION, "kind": kind, "config": config,
+          "source": source or {}}
+
+
+def write_model_json(directory: pathlib.Path, meta: dict[str, Any]) -> None:
+  (directory / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
+  """A model directory's or workdir's model.json, checked."""
+  path = pathlib.Path(directory) / MODEL_JSON
+  if not path.is_file():
+    raise UserInputError(
+        f"{directory} is not a model directory: {MODEL_JSON} is missing. Pass "
+        "a directory written by `python -m weights_conversion ...` or a "
+        "training workdir.")
+  try:
+    meta = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise UserInputError(f"{path} is not valid JSON ({e}); the model "
+                         "directory is corrupt, convert the weights again.") from e
+  if meta.get("format") != FORMAT or "kind" not in meta or "config" not in meta:
+    raise UserInputError(f"{path} does not describe a percdepth_jax model "
+                         f"(format {meta.get('format')!r}).")
+  if meta.get("version", 0) > VERSION:
+    raise UserInputError(f"{path} has format version {meta['version']}, newer "
+                         f"than this code's {VERSION}; update percdepth_jax.")
+  return meta
+
+
+def split_checkpoint_spec(path: str | os.PathLike) -> tuple[pathlib.Path, str]:
+  """`DIR` or `DIR:best` -> (directory, "latest" | "best")."""
+  text = str(path)
+  if text.endswith(":best"):
+    return pathlib.Path(text[:-len(":best")]).absolute(), "best"
+  if text.endswith(":latest"):
+    return pathlib.Path(text[:-len(":latest")]).absolute(), "latest"
+  return pathlib.Path(text).absolute(), "latest"
+
+
+def is_training_workdir(directory: pathlib.Path) -> bool:
+  return (directory / LATEST_DIR).is_dir()
+
+
+def save_state(directory: pathlib.Path, state: dict[str, Any]) -> None:
+  """Writes a model directory's weights (a pure dict) to DIR/state."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory / STATE_DIR, state)
+    checkpointer.wait_until_finished()
+
+
+def restore_state(directory: pathlib.Path, target: dict[str, Any]) -> dict[str, Any]:
+  """Reads DIR/state shaped like `target` (a pure dict of arrays or shapes)."""
+  target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), target)
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(directory / STATE_DIR, target)
 
 
 def _model_item(state) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""The one convolution function every layer calls, and the switch of its
+CPU weight-gradient kernels.
+
+`conv2d` computes PyTorch's conv2d (NHWC, HWIO kernel, symmetric zero
+padding) the fastest way the backend allows, with the same values:
+
+- 1x1 convolutions as an einsum matrix product on every backend: XLA then
+  differentiates a matmul instead of a whole-feature-map convolution;
+- on the CPU backend, 3x3 same and RGB-stem convolutions through
+  `cpu_conv_grads` (custom weight gradients; reverse mode only);
+- everything else (and everything on GPUs and TPUs) as `lax.conv`.
+
+The kernels are on by default when JAX's default backend is the CPU.
+`cpu_weight_gradients(False)` turns them off, for forward-mode
+differentiation (`jax.jvp`, `jax.jacfwd`) or to compare against XLA's own
+gradients. The choice is made when a function is traced: jitted functions
+keep the setting they were traced with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+
+from percdepth_jax.models import cpu_conv_grads
+
+_cpu_weight_gradients: bool | None = None  # None: on when the backend is the CPU
+
+
+def cpu_weight_gradients_enabled() -> bool:
+  if _cpu_weight_gradients is None:
+    return jax.default_backend() == "cpu"
+  return _cpu_weight_gradients
+
+
+@contextlib.contextmanager
+def cpu_weight_gradients(enabled: bool) -> Iterator[None]:
+  """Within the block, trace convolutions with (True) or without (False) the
+  CPU weight-gradient kernels."""
+  global _cpu_weight_gradients
+  previous, _cpu_weight_gradients = _cpu_weight_gradients, enabled
+  try:
+    yield
+  finally:
+    _cpu_weight_gradients = previous
+
+
+def conv2d(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int = 1,
+           padding: int = 0) -> jax.Array:
+  """PyTorch's `F.conv2d(x, w, stride=stride, padding=padding)` in NHWC."""
+  size, _, in_features, _ = kernel_KxKxCxD.shape
+  if size == 1 and padding == 0:
+    if stride > 1:
+      x_BxHxWxC = x_BxHxWxC[:, ::stride, ::stride, :]
+    return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_KxKxCxD[0, 0])
+  if cpu_weight_gradients_enabled():
+    if size == 3 and stride == 1 and padding == 1:
+      return cpu_conv_grads.conv3x3_same(x_BxHxWxC, kernel_KxKxCxD)
+    if in_features <= 4:
+      return cpu_conv_grads.conv_stem(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
+  return cpu_conv_grads.lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)

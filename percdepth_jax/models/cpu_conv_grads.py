@@ -1,0 +1,107 @@
+"""Convolutions with faster weight gradients on XLA:CPU.
+
+XLA's CPU backend computes a convolution's weight gradient as a convolution
+whose window is the whole feature map, 2-8x slower than the same sums written
+as one matrix product (docs/benchmarks.md). The two `jax.custom_vjp`s here
+keep XLA's forward pass and input gradient and replace only the weight
+gradient; both equal torch.autograd's (tests/test_layers.py).
+
+They support reverse-mode differentiation only (a custom_vjp has no forward
+mode), so `models/convolution.py` uses them on the CPU backend alone and lets
+them be switched off; other backends keep their own (cuDNN's) gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def lax_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
+             padding: int) -> jax.Array:
+  """PyTorch's conv2d (symmetric zero padding) in NHWC / HWIO."""
+  p = padding
+  return jax.lax.conv_general_dilated(
+      x_BxHxWxC, kernel_KxKxCxD, window_strides=(stride, stride),
+      padding=((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv3x3_kernel_grad(x_BxHxWxC: jax.Array, dy_BxHxWxD: jax.Array) -> jax.Array:
+  """Weight gradient of a 3x3, stride 1, padding 1 convolution as one matmul.
+
+  dk[i, j] = sum over pixels m of x_pad[m + off_ij] (outer) dy[m]. On the
+  flattened padded grid every tap (i, j) is a constant offset, so the nine
+  shifted copies of dy side by side give all taps in one
+  (C, N) x (N, 9D) matrix product.
+  """
+  b, h, w, c = x_BxHxWxC.shape
+  d = dy_BxHxWxD.shape[-1]
+  wp = w + 2
+  x_NxC = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
+  # dy at the top-left of the same padded grid: output (y, x) sits at y*wp + x.
+  dy_NxD = jnp.pad(dy_BxHxWxD, ((0, 0), (0, 2), (0, 2), (0, 0))).reshape(-1, d)
+  n = x_NxC.shape[0]
+  shifted_Nx9D = jnp.concatenate(
+      [jnp.pad(dy_NxD, ((i * wp + j, 0), (0, 0)))[:n] for i in range(3) for j in range(3)],
+      axis=1)
+  dk_Cx9D = jax.lax.dot_general(x_NxC, shifted_Nx9D, (((0,), (0,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+  return dk_Cx9D.reshape(c, 3, 3, d).transpose(1, 2, 0, 3)
+
+
+@jax.custom_vjp
+def conv3x3_same(x_BxHxWxC: jax.Array, kernel_3x3xCxD: jax.Array) -> jax.Array:
+  """3x3 convolution, stride 1, padding 1, with the matmul weight gradient."""
+  return lax_conv(x_BxHxWxC, kernel_3x3xCxD, 1, 1)
+
+
+def _conv3x3_fwd(x, kernel):
+  return lax_conv(x, kernel, 1, 1), (x, kernel)
+
+
+def _conv3x3_bwd(residuals, dy):
+  x, kernel = residuals
+  _, conv_vjp = jax.vjp(lambda x: lax_conv(x, kernel, 1, 1), x)
+  return conv_vjp(dy)[0], _conv3x3_kernel_grad(x, dy).astype(kernel.dtype)
+
+
+conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def _stem_kernel_grad(x_BxHxWxC: jax.Array, dy_BxPxQxD: jax.Array, size: int,
+                      stride: int, padding: int) -> jax.Array:
+  """Weight gradient of a convolution on few input channels (an RGB stem) as
+  im2col + one matmul: the patches of a 3-channel image are small (K*K*3
+  values per output pixel)."""
+  c = x_BxHxWxC.shape[-1]
+  _, p, q, d = dy_BxPxQxD.shape
+  x = jnp.pad(x_BxHxWxC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  taps = [x[:, i:i + stride * (p - 1) + 1:stride, j:j + stride * (q - 1) + 1:stride]
+          for i in range(size) for j in range(size)]
+  patches_BxPxQxKKC = jnp.concatenate(taps, axis=-1)
+  dk = jnp.einsum("bpqk,bpqd->kd", patches_BxPxQxKKC, dy_BxPxQxD,
+                  preferred_element_type=jnp.float32)
+  return dk.reshape(size, size, c, d)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_stem(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
+              padding: int) -> jax.Array:
+  """A convolution on an image's few channels, with an im2col weight gradient."""
+  return lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
+
+
+def _conv_stem_fwd(x, kernel, stride, padding):
+  return lax_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_stem_bwd(stride, padding, residuals, dy):
+  x, kernel = residuals
+  _, conv_vjp = jax.vjp(lambda x: lax_conv(x, kernel, stride, padding), x)
+  dk = _stem_kernel_grad(x, dy, kernel.shape[0], stride, padding)
+  return conv_vjp(dy)[0], dk.astype(kernel.dtype)
+
+
+conv_stem.defvjp(_conv_stem_fwd, _conv_stem_bwd)
