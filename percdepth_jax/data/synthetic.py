@@ -26,6 +26,13 @@ _EPS = 1e-4
 _NOISE_GRID = 32  # value-noise lattice size (periodic)
 # Light falloff: irradiance = intensity * max(0, n.l) / (1 + FALLOFF * d^2).
 FALLOFF = 0.08
+# Random rooms are filmed as NYU was, by a person holding the sensor: the
+# camera is at chest-to-eye height (this range is the main absolute-scale cue
+# a single image offers), and nothing stands within arm's reach of the lens
+# (the Kinect reads nothing closer than about 0.5 m), so that a view is not
+# filled by one surface at an unknowable distance.
+CAMERA_HEIGHT = (1.25, 1.65)  # metres
+OBJECT_CLEARANCE = 1.0  # metres between the camera and an object's footprint
 
 
 def camera_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -437,7 +444,7 @@ def sample_layout(seed: int, index: int) -> Layout:
   rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
   sx, sy, sz = rng.uniform(3.0, 6.0), rng.uniform(2.4, 3.1), rng.uniform(3.5, 7.5)
   # Camera near one wall, looking across the room, slightly down.
-  cam = (rng.uniform(0.25, 0.75) * sx, rng.uniform(1.0, 1.8), rng.uniform(0.2, 0.6))
+  cam = (rng.uniform(0.25, 0.75) * sx, rng.uniform(*CAMERA_HEIGHT), rng.uniform(0.2, 0.6))
   yaw = rng.uniform(-0.6, 0.6)
   pitch = rng.uniform(-0.45, 0.05)
   roll = rng.uniform(-0.05, 0.05)
@@ -475,8 +482,8 @@ def sample_layout(seed: int, index: int) -> Layout:
       r = rng.uniform(0.1, 0.4)
       x, z = rng.uniform(r, sx - r), rng.uniform(r, sz - r)
       obj, radius = Cylinder((x, z), r, 0.0, min(rng.uniform(0.3, 1.6), top_limit), tex), r
-    # Keep the camera outside (and a little away from) every object.
-    if np.hypot(x - cam[0], z - cam[2]) < radius + 0.5:
+    # Keep the camera outside every object, OBJECT_CLEARANCE away.
+    if np.hypot(x - cam[0], z - cam[2]) < radius + OBJECT_CLEARANCE:
       continue
     objects.append(obj)
   floor_tex = _random_texture(rng, dark=True, kinds=("checker", "stripes", "noise", "plain"))
