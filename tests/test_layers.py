@@ -25,6 +25,25 @@ def test_resize_matches_torch_align_corners(in_hw, out_hw):
   np.testing.assert_allclose(actual, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("in_hw,out_hw", [((3, 5), (6, 10)), ((8, 12), (5, 7)),
+                                          ((1, 4), (3, 8)), ((16, 20), (32, 40))])
+def test_resize_gradient_matches_torch(in_hw, out_hw, kernels):
+  """The resize's input gradient equals torch.autograd's through
+  F.interpolate, both with the CPU gradient kernels (gathers) and without
+  (autodiff of the interpolation matrices); upsampling and downsampling."""
+  from percdepth_jax.models import convolution
+  rng = np.random.RandomState(1)
+  x = rng.randn(2, *in_hw, 3).astype(np.float32)
+  dy = rng.randn(2, *out_hw, 3).astype(np.float32)
+  x_t = nchw(x).requires_grad_(True)
+  F.interpolate(x_t, size=out_hw, mode="bilinear", align_corners=True).backward(nchw(dy))
+  with convolution.cpu_gradient_kernels(kernels):
+    _, vjp = jax.vjp(lambda x: resize_bilinear_align_corners(x, *out_hw), jnp.asarray(x))
+    actual = np.asarray(vjp(jnp.asarray(dy))[0])
+  np.testing.assert_allclose(actual, nhwc(x_t.grad), atol=1e-5)
+
+
 def test_resize_closed_form_corners_and_midpoint():
   """Align-corners keeps corner values; a 2->3 resize puts the mean in the middle."""
   x = jnp.asarray([[1.0, 3.0]]).reshape(1, 1, 2, 1)
@@ -114,7 +133,26 @@ def test_max_pool_gradient_matches_torch_without_ties():
                                atol=1e-6)
 
 
-def test_cpu_weight_gradients_switch_and_forward_mode():
+def test_max_pool_gradient_at_ties_goes_to_the_first_maximum_as_in_torch():
+  """After a ReLU, windows hold tied zeros and tied equal values; with the
+  CPU gradient kernels each window's gradient goes to its first maximum in
+  scan order, exactly as F.max_pool2d's (even and odd sizes)."""
+  from percdepth_jax.models import convolution
+  rng = np.random.RandomState(6)
+  for shape in [(2, 8, 10, 3), (1, 9, 7, 2)]:
+    x = np.maximum(rng.randint(-2, 3, shape), 0).astype(np.float32)  # many ties
+    x_t = nchw(x).requires_grad_(True)
+    y_t = F.max_pool2d(x_t, 3, stride=2, padding=1)
+    dy = rng.randn(*nhwc(y_t.detach()).shape).astype(np.float32)
+    y_t.backward(nchw(dy))
+    with convolution.cpu_gradient_kernels(True):
+      y, vjp = jax.vjp(max_pool_3x3_s2_p1, jnp.asarray(x))
+      np.testing.assert_array_equal(np.asarray(y), nhwc(y_t.detach()))
+      np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(dy))[0]), nhwc(x_t.grad),
+                                 atol=1e-6)
+
+
+def test_cpu_gradient_kernels_switch_and_forward_mode():
   """The CPU weight-gradient kernels are on by default on the CPU backend
   (forward-mode differentiation then fails: a custom_vjp has no jvp); with
   them off, `jax.jvp` runs through the whole depth network, and its tangent
@@ -132,15 +170,15 @@ def test_cpu_weight_gradients_switch_and_forward_mode():
   u = jnp.asarray(rng.randn(1, 32, 64, 1).astype(np.float32))
   f = lambda image: model(image)
 
-  assert convolution.cpu_weight_gradients_enabled()
+  assert convolution.cpu_gradient_kernels_enabled()
   with pytest.raises(TypeError, match="custom_vjp"):
     jax.jvp(f, (x,), (v,))
   _, vjp = jax.vjp(f, x)
   (jt_u,) = vjp(u)
 
-  with convolution.cpu_weight_gradients(False):
+  with convolution.cpu_gradient_kernels(False):
     out, j_v = jax.jvp(f, (x,), (v,))
-  assert convolution.cpu_weight_gradients_enabled()  # restored after the block
+  assert convolution.cpu_gradient_kernels_enabled()  # restored after the block
   np.testing.assert_allclose(np.asarray(out), np.asarray(f(x)), rtol=1e-6, atol=1e-6)
   lhs, rhs = float(jnp.vdot(j_v, u)), float(jnp.vdot(v, jt_u))
   assert abs(lhs - rhs) <= 1e-4 * max(abs(lhs), abs(rhs)), (lhs, rhs)

@@ -11,7 +11,7 @@ padding) the fastest way the backend allows, with the same values:
 - everything else (and everything on GPUs and TPUs) as `lax.conv`.
 
 The kernels are on by default when JAX's default backend is the CPU.
-`cpu_weight_gradients(False)` turns them off, for forward-mode
+`cpu_gradient_kernels(False)` turns them off, for forward-mode
 differentiation (`jax.jvp`, `jax.jacfwd`) or to compare against XLA's own
 gradients. The choice is made when a function is traced: jitted functions
 keep the setting they were traced with.
@@ -27,25 +27,25 @@ import jax.numpy as jnp
 
 from percdepth_jax.models import cpu_conv_grads
 
-_cpu_weight_gradients: bool | None = None  # None: on when the backend is the CPU
+_cpu_gradient_kernels: bool | None = None  # None: on when the backend is the CPU
 
 
-def cpu_weight_gradients_enabled() -> bool:
-  if _cpu_weight_gradients is None:
+def cpu_gradient_kernels_enabled() -> bool:
+  if _cpu_gradient_kernels is None:
     return jax.default_backend() == "cpu"
-  return _cpu_weight_gradients
+  return _cpu_gradient_kernels
 
 
 @contextlib.contextmanager
-def cpu_weight_gradients(enabled: bool) -> Iterator[None]:
+def cpu_gradient_kernels(enabled: bool) -> Iterator[None]:
   """Within the block, trace convolutions with (True) or without (False) the
   CPU weight-gradient kernels."""
-  global _cpu_weight_gradients
-  previous, _cpu_weight_gradients = _cpu_weight_gradients, enabled
+  global _cpu_gradient_kernels
+  previous, _cpu_gradient_kernels = _cpu_gradient_kernels, enabled
   try:
     yield
   finally:
-    _cpu_weight_gradients = previous
+    _cpu_gradient_kernels = previous
 
 
 def conv2d(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int = 1,
@@ -55,8 +55,10 @@ def conv2d(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int = 1,
   if size == 1 and padding == 0:
     if stride > 1:
       x_BxHxWxC = x_BxHxWxC[:, ::stride, ::stride, :]
+    if cpu_gradient_kernels_enabled():
+      return cpu_conv_grads.conv1x1(x_BxHxWxC, kernel_KxKxCxD[0, 0])
     return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_KxKxCxD[0, 0])
-  if cpu_weight_gradients_enabled():
+  if cpu_gradient_kernels_enabled():
     if size == 3 and stride == 1 and padding == 1:
       return cpu_conv_grads.conv3x3_same(x_BxHxWxC, kernel_KxKxCxD)
     if in_features <= 4:

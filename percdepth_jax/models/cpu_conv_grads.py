@@ -105,3 +105,25 @@ def _conv_stem_bwd(stride, padding, residuals, dy):
 
 
 conv_stem.defvjp(_conv_stem_fwd, _conv_stem_bwd)
+
+
+@jax.custom_vjp
+def conv1x1(x_BxHxWxC: jax.Array, kernel_CxD: jax.Array) -> jax.Array:
+  """1x1 convolution as a matrix product, weight gradient as one dot_general."""
+  return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_CxD)
+
+
+def _conv1x1_fwd(x, kernel):
+  return conv1x1(x, kernel), (x, kernel)
+
+
+def _conv1x1_bwd(residuals, dy):
+  x, kernel = residuals
+  c, d = kernel.shape
+  dx = jnp.einsum("bhwd,cd->bhwc", dy, kernel)
+  dk = jax.lax.dot_general(x.reshape(-1, c), dy.reshape(-1, d), (((0,), (0,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+  return dx, dk.astype(kernel.dtype)
+
+
+conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)

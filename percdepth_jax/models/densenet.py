@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from percdepth_jax.models.layers import (BatchNorm2d, Conv2d, Linear,
-                                         avg_pool_2x2, max_pool_3x3_s2_p1)
+                                         avg_pool_2x2, batch_statistics,
+                                         max_pool_3x3_s2_p1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +69,16 @@ class DenseLayer(nnx.Module):
     # storing them: memory for larger batches.
     self.remat = remat
 
-  def _forward(self, x_BxHxWxC: jax.Array) -> jax.Array:
-    h = self.conv1(jax.nn.relu(self.norm1(x_BxHxWxC)))
+  def _forward(self, x_BxHxWxC: jax.Array, statistics) -> jax.Array:
+    h = self.conv1(jax.nn.relu(self.norm1(x_BxHxWxC, statistics)))
     return self.conv2(jax.nn.relu(self.norm2(h)))
 
-  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+  def __call__(self, x_BxHxWxC: jax.Array,
+               statistics: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """statistics: norm1's batch (mean, variance) of x, if already known."""
     if self.remat:
-      return nnx.remat(DenseLayer._forward)(self, x_BxHxWxC)
-    return self._forward(x_BxHxWxC)
+      return nnx.remat(DenseLayer._forward)(self, x_BxHxWxC, statistics)
+    return self._forward(x_BxHxWxC, statistics)
 
 
 class DenseBlock(nnx.Module):
@@ -91,9 +94,21 @@ class DenseBlock(nnx.Module):
 
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     features = [x_BxHxWxC]
+    # Batch statistics are per channel, so those of a concatenation are the
+    # concatenated statistics of its parts: each feature map's mean and
+    # variance are computed once, not once per later layer (O(L) reductions
+    # over the block instead of O(L^2)); same values.
+    training = not self.denselayer1.norm1.use_running_average
+    statistics = [batch_statistics(x_BxHxWxC)] if training else None
     for i in range(self.num_layers):
       layer = getattr(self, f"denselayer{i + 1}")
-      features.append(layer(jnp.concatenate(features, axis=-1)))
+      known = None
+      if training:
+        known = tuple(jnp.concatenate(s, axis=0) for s in zip(*statistics))
+      y = layer(jnp.concatenate(features, axis=-1), known)
+      features.append(y)
+      if training:
+        statistics.append(batch_statistics(y))
     return jnp.concatenate(features, axis=-1)
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from percdepth_jax.models import convolution, cpu_layer_grads
 from percdepth_jax.models.convolution import conv2d
 
 
@@ -92,6 +93,13 @@ class Linear(nnx.Module):
     return y + self.bias[...].astype(self.dtype)
 
 
+def batch_statistics(x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel mean and biased variance over batch and space, in float32."""
+  x = x_BxHxWxC.astype(jnp.float32)
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  return mean, jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+
+
 class BatchNorm2d(nnx.Module):
   """`torch.nn.BatchNorm2d` (eps 1e-5, momentum 0.1 in PyTorch's convention).
 
@@ -114,13 +122,16 @@ class BatchNorm2d(nnx.Module):
     self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
     self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
 
-  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+  def __call__(self, x_BxHxWxC: jax.Array,
+               statistics: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """statistics: the batch (mean, biased variance) of x, when the caller
+    already has them (a dense block reuses each feature map's statistics in
+    every later layer); ignored with running averages."""
     x = x_BxHxWxC.astype(jnp.float32)
     if self.use_running_average:
       mean, var = self.mean[...], self.var[...]
     else:
-      mean = jnp.mean(x, axis=(0, 1, 2))
-      var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+      mean, var = statistics if statistics is not None else batch_statistics(x)
       n = x.shape[0] * x.shape[1] * x.shape[2]
       unbiased_var = var * (n / max(n - 1, 1))
       m = self.momentum
@@ -137,13 +148,15 @@ def max_pool_3x3_s2_p1(x_BxHxWxC: jax.Array) -> jax.Array:
   of the nine strided views.
 
   Explicit -inf padding keeps the result exact in every backend and in ONNX
-  export (docs/design.md, 'Implementation notes'). Written as elementwise
-  maxima rather than `reduce_window`, whose gradient XLA's CPU backend
-  computes with an index argmax and a scatter, ~6x slower
-  (docs/benchmarks.md). The forward pass is identical; at exact ties the
-  gradient is shared between the tied inputs instead of going to the first one
-  (after a ReLU, ties are zeros, whose gradient the ReLU discards either way).
+  export (docs/design.md, 'Implementation notes'). With the CPU gradient
+  kernels on, `cpu_layer_grads.max_pool_3x3_s2_p1` computes the same values
+  and an argmax gradient (PyTorch's); otherwise the maxima are elementwise,
+  differentiable in both modes (at exact ties the gradient is then shared
+  between the tied inputs; after a ReLU ties are zeros, whose gradient the
+  ReLU discards either way).
   """
+  if convolution.cpu_gradient_kernels_enabled():
+    return cpu_layer_grads.max_pool_3x3_s2_p1(x_BxHxWxC)
   _, h, w, _ = x_BxHxWxC.shape
   out_h, out_w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
   x = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)),
@@ -159,38 +172,22 @@ def avg_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
                       padding="VALID")
 
 
-@functools.lru_cache(maxsize=None)
-def _align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """Interpolation matrix (out_size, in_size) of 1-D linear align_corners=True.
-
-  Source positions are computed in float32 the way PyTorch's CPU/GPU kernels
-  do (scale * index): at 240 -> 480 exact float64 positions differ from
-  PyTorch's by up to ~1e-4 of the signal, float32 ones by ~5e-7.
-  """
-  scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
-  src = np.arange(out_size, dtype=np.float32) * scale
-  lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = src - lo.astype(np.float32)
-  matrix = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  np.add.at(matrix, (rows, lo), np.float32(1.0) - frac)
-  np.add.at(matrix, (rows, hi), frac)
-  return matrix
-
-
 def resize_bilinear_align_corners(x_BxHxWxC: jax.Array, height: int,
                                   width: int) -> jax.Array:
   """Bilinear resize with PyTorch's `align_corners=True` semantics.
 
   `jax.image.resize` cannot express align_corners, so this applies two
   separable interpolation matrices built in NumPy from the static shapes.
+  With the CPU gradient kernels on, `cpu_layer_grads` computes the same
+  sums as two-pixel gathers, with a gather gradient.
   """
   _, in_h, in_w, _ = x_BxHxWxC.shape
   if (in_h, in_w) == (height, width):
     return x_BxHxWxC
+  if convolution.cpu_gradient_kernels_enabled():
+    return cpu_layer_grads.resize_bilinear_align_corners(x_BxHxWxC, height, width)
   dtype = x_BxHxWxC.dtype
-  rows_HxI = jnp.asarray(_align_corners_matrix(in_h, height), dtype)
-  cols_WxJ = jnp.asarray(_align_corners_matrix(in_w, width), dtype)
+  rows_HxI = jnp.asarray(cpu_layer_grads.align_corners_matrix(in_h, height), dtype)
+  cols_WxJ = jnp.asarray(cpu_layer_grads.align_corners_matrix(in_w, width), dtype)
   y = jnp.einsum("hi,bijc->bhjc", rows_HxI, x_BxHxWxC)
   return jnp.einsum("wj,bhjc->bhwc", cols_WxJ, y)
