@@ -35,7 +35,7 @@ from flax import nnx
 from percdepth_jax.compare import relative_max_error
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.inference import network_metres
-from percdepth_jax.models import INPUT_MULTIPLE, DepthNet
+from percdepth_jax.models import INPUT_MULTIPLE, DepthNet, convolution
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -99,7 +99,10 @@ def depth_function(model: DepthNet, height: int, width: int, *,
 
   def depth_fn(image_NxHxWx3: jax.Array) -> jax.Array:
     net = nnx.merge(graphdef, state)
-    depth_NxIxJ = network_metres(net, image_NxHxWx3.astype(jnp.float32), flip)[..., 0]
+    # The plain formulations (no CPU gradient kernels): the exported graph
+    # is forward-only and the same whichever backend traced it.
+    with convolution.cpu_gradient_kernels(False):
+      depth_NxIxJ = network_metres(net, image_NxHxWx3.astype(jnp.float32), flip)[..., 0]
     if stride == 1:
       return depth_NxIxJ
     depth_NxHxJ = jnp.einsum("hi,nij->nhj", rows_HxI, depth_NxIxJ)

@@ -91,11 +91,13 @@ def test_conv_matches_torch(kernel, stride, padding):
 
 @pytest.mark.parametrize("shape,kernel_size,stride,padding", [
     ((2, 7, 9, 5, 3), 3, 1, 1), ((1, 12, 16, 24, 8), 3, 1, 1),  # conv3x3_same
-    ((2, 19, 23, 3, 8), 7, 2, 3), ((1, 16, 16, 3, 4), 7, 2, 3),  # conv_stem
+    ((2, 19, 23, 3, 8), 7, 2, 3), ((1, 16, 16, 3, 4), 7, 2, 3),  # RGB stem (XLA's)
+    ((2, 7, 9, 12, 5), 1, 1, 0), ((2, 8, 10, 6, 4), 1, 2, 0),  # conv1x1
 ])
 def test_conv_custom_gradients_match_torch(shape, kernel_size, stride, padding):
-  """The custom weight gradients (3x3: one matmul over shifted copies; RGB
-  stem: im2col) and the input gradients equal torch.autograd's through
+  """The custom weight gradients (3x3: one matmul over shifted copies; 1x1:
+  one dot_general, also behind a stride), XLA's for the RGB stem, and the
+  input gradients equal torch.autograd's through
   F.conv2d, on odd sizes where a wrong shift, stride or padding would show."""
   b, h, w, c, d = shape
   rng = np.random.RandomState(3)

@@ -216,7 +216,7 @@ def test_training_gradients_match_torch_autograd(converted_depth_models, tmp_pat
   to every parameter and to the image is as accurate as torch.autograd's
   through the PyTorch reference with the same weights. On the CPU this runs
   every custom gradient of the network: the matmul weight gradients of the
-  3x3, 1x1 and stem convolutions, the max pool's argmax gradient, the
+  3x3 and 1x1 convolutions, the max pool's argmax gradient, the
   resize's gather gradient and the dense blocks' reused batch statistics.
 
   The reference is PyTorch in float64: at 64x96 the deep BatchNorms see 48

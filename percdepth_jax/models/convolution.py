@@ -1,16 +1,19 @@
-"""The one convolution function every layer calls, and the switch of its
-CPU weight-gradient kernels.
+"""The one convolution function every layer calls, and the switch of the
+CPU gradient kernels.
 
 `conv2d` computes PyTorch's conv2d (NHWC, HWIO kernel, symmetric zero
 padding) the fastest way the backend allows, with the same values:
 
-- 1x1 convolutions as an einsum matrix product on every backend: XLA then
-  differentiates a matmul instead of a whole-feature-map convolution;
-- on the CPU backend, 3x3 same and RGB-stem convolutions through
-  `cpu_conv_grads` (custom weight gradients; reverse mode only);
-- everything else (and everything on GPUs and TPUs) as `lax.conv`.
+- 1x1 convolutions as a matrix product (an einsum; on the CPU backend with
+  its weight gradient as one `dot_general`, `cpu_conv_grads.conv1x1`);
+- on the CPU backend, 3x3 same convolutions through `cpu_conv_grads`
+  (custom weight gradients);
+- everything else (the RGB stems, everything on GPUs and TPUs) as
+  `lax.conv`.
 
-The kernels are on by default when JAX's default backend is the CPU.
+The same switch selects `cpu_layer_grads`' max pool and resize in
+`layers.py`. These kernels are `jax.custom_vjp`s (reverse mode only) and
+are on by default when JAX's default backend is the CPU.
 `cpu_gradient_kernels(False)` turns them off, for forward-mode
 differentiation (`jax.jvp`, `jax.jacfwd`) or to compare against XLA's own
 gradients. The choice is made when a function is traced: jitted functions
@@ -51,16 +54,15 @@ def cpu_gradient_kernels(enabled: bool) -> Iterator[None]:
 def conv2d(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int = 1,
            padding: int = 0) -> jax.Array:
   """PyTorch's `F.conv2d(x, w, stride=stride, padding=padding)` in NHWC."""
-  size, _, in_features, _ = kernel_KxKxCxD.shape
+  size = kernel_KxKxCxD.shape[0]
   if size == 1 and padding == 0:
     if stride > 1:
       x_BxHxWxC = x_BxHxWxC[:, ::stride, ::stride, :]
     if cpu_gradient_kernels_enabled():
       return cpu_conv_grads.conv1x1(x_BxHxWxC, kernel_KxKxCxD[0, 0])
     return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_KxKxCxD[0, 0])
-  if cpu_gradient_kernels_enabled():
-    if size == 3 and stride == 1 and padding == 1:
-      return cpu_conv_grads.conv3x3_same(x_BxHxWxC, kernel_KxKxCxD)
-    if in_features <= 4:
-      return cpu_conv_grads.conv_stem(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
+  # The 7x7 RGB stems keep XLA's gradient: an im2col weight gradient was
+  # faster only below ~20,000 output pixels (docs/benchmarks.md).
+  if cpu_gradient_kernels_enabled() and size == 3 and stride == 1 and padding == 1:
+    return cpu_conv_grads.conv3x3_same(x_BxHxWxC, kernel_KxKxCxD)
   return cpu_conv_grads.lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)

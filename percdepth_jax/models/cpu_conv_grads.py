@@ -2,9 +2,14 @@
 
 XLA's CPU backend computes a convolution's weight gradient as a convolution
 whose window is the whole feature map, 2-8x slower than the same sums written
-as one matrix product (docs/benchmarks.md). The two `jax.custom_vjp`s here
+as one matrix product (docs/benchmarks.md). The `jax.custom_vjp`s here
 keep XLA's forward pass and input gradient and replace only the weight
-gradient; both equal torch.autograd's (tests/test_layers.py).
+gradient; they equal torch.autograd's (tests/test_layers.py,
+tests/test_parity.py). For 1x1 convolutions (matrix products already) the
+point is the layout: autodiff of the einsum left XLA computing the incoming
+gradient of each DenseNet bottleneck transposed in memory, inside the fusion
+of the BatchNorm backward, several times slower than a plain `dot_general`
+of the two row-major operands.
 
 They support reverse-mode differentiation only (a custom_vjp has no forward
 mode), so `models/convolution.py` uses them on the CPU backend alone and lets
@@ -12,8 +17,6 @@ them be switched off; other backends keep their own (cuDNN's) gradients.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -70,46 +73,10 @@ def _conv3x3_bwd(residuals, dy):
 conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
-def _stem_kernel_grad(x_BxHxWxC: jax.Array, dy_BxPxQxD: jax.Array, size: int,
-                      stride: int, padding: int) -> jax.Array:
-  """Weight gradient of a convolution on few input channels (an RGB stem) as
-  im2col + one matmul: the patches of a 3-channel image are small (K*K*3
-  values per output pixel)."""
-  c = x_BxHxWxC.shape[-1]
-  _, p, q, d = dy_BxPxQxD.shape
-  x = jnp.pad(x_BxHxWxC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  taps = [x[:, i:i + stride * (p - 1) + 1:stride, j:j + stride * (q - 1) + 1:stride]
-          for i in range(size) for j in range(size)]
-  patches_BxPxQxKKC = jnp.concatenate(taps, axis=-1)
-  dk = jnp.einsum("bpqk,bpqd->kd", patches_BxPxQxKKC, dy_BxPxQxD,
-                  preferred_element_type=jnp.float32)
-  return dk.reshape(size, size, c, d)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_stem(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
-              padding: int) -> jax.Array:
-  """A convolution on an image's few channels, with an im2col weight gradient."""
-  return lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
-
-
-def _conv_stem_fwd(x, kernel, stride, padding):
-  return lax_conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_stem_bwd(stride, padding, residuals, dy):
-  x, kernel = residuals
-  _, conv_vjp = jax.vjp(lambda x: lax_conv(x, kernel, stride, padding), x)
-  dk = _stem_kernel_grad(x, dy, kernel.shape[0], stride, padding)
-  return conv_vjp(dy)[0], dk.astype(kernel.dtype)
-
-
-conv_stem.defvjp(_conv_stem_fwd, _conv_stem_bwd)
-
-
 @jax.custom_vjp
 def conv1x1(x_BxHxWxC: jax.Array, kernel_CxD: jax.Array) -> jax.Array:
-  """1x1 convolution as a matrix product, weight gradient as one dot_general."""
+  """1x1 convolution as a matrix product; the weight gradient is x^T dy as
+  one (C, N) x (N, D) dot_general over the flattened pixels."""
   return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_CxD)
 
 
