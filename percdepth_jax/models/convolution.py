@@ -41,8 +41,8 @@ def cpu_gradient_kernels_enabled() -> bool:
 
 @contextlib.contextmanager
 def cpu_gradient_kernels(enabled: bool) -> Iterator[None]:
-  """Within the block, trace convolutions with (True) or without (False) the
-  CPU weight-gradient kernels."""
+  """Within the block, trace convolutions, max pools and resizes with (True)
+  or without (False) the CPU gradient kernels."""
   global _cpu_gradient_kernels
   previous, _cpu_gradient_kernels = _cpu_gradient_kernels, enabled
   try:

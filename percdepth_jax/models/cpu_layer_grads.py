@@ -17,9 +17,10 @@ The two `jax.custom_vjp`s here write both passes as gathers: the max pool
 keeps each window's argmax (int8) from the forward pass and hands every
 input the gradients of the at most four outputs that chose it; the resize
 reads each output's two source pixels forward and, backward, each input's
-contributing outputs (static tables built in NumPy from the shapes). Values equal PyTorch's (tests/test_layers.py): the max pool sends
-each window's gradient to its first maximum in scan order, as
-`F.max_pool2d` does; the resize equals `F.interpolate(mode="bilinear",
+contributing outputs (static tables built in NumPy from the shapes).
+Values equal PyTorch's (tests/test_layers.py): the max pool sends each
+window's gradient to its first maximum in scan order, as `F.max_pool2d`
+does; the resize equals `F.interpolate(mode="bilinear",
 align_corners=True)` and its gradient. Like the convolution kernels they
 support reverse-mode differentiation only; `models/layers.py` uses them
 when `convolution.cpu_gradient_kernels_enabled()`.
