@@ -57,7 +57,7 @@ def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 # --- max pool 3x3, stride 2, padding 1 ---------------------------------------
 
-def _max_pool_taps(x_BxHxWxC: jax.Array) -> list[jax.Array]:
+def max_pool_taps(x_BxHxWxC: jax.Array) -> list[jax.Array]:
   """The nine strided views of the -inf padded input, in PyTorch's scan order."""
   _, h, w, _ = x_BxHxWxC.shape
   out_h, out_w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
@@ -67,7 +67,7 @@ def _max_pool_taps(x_BxHxWxC: jax.Array) -> list[jax.Array]:
 
 
 def _max_pool_fwd(x_BxHxWxC: jax.Array):
-  taps = _max_pool_taps(x_BxHxWxC)
+  taps = max_pool_taps(x_BxHxWxC)
   y, argmax = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
   for t, view in enumerate(taps[1:], 1):
     larger = view > y  # strictly: the first maximum wins, as in PyTorch
