@@ -185,7 +185,7 @@ def test_tfds_missing_dataset_is_a_user_error(tmp_path):
 
 
 def test_specs_resolve_to_sources(nyu_zip):
-  """Each DESIGN.md section 6 form builds the right source and split."""
+  """Each documented --data form (docs/design.md) builds the right source and split."""
   s = resolve_spec("synthetic:7:3", height=32, width=48)
   assert isinstance(s, SyntheticSource) and (len(s), s.seed, s.height) == (7, 3, 32)
   assert resolve_spec("synthetic:5").seed == 0

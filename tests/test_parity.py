@@ -2,6 +2,7 @@
 the full depth model against the PyTorch reference, fp32 relative max error
 <= 1e-4, at two non-square input sizes."""
 
+import copy
 import json
 
 import jax
@@ -22,6 +23,8 @@ from weights_conversion import torch_reference
 
 SIZES = [(64, 96), (96, 160)]
 TOLERANCE = 1e-4
+# float64 against float64 (test_training_gradients_match_torch_autograd)
+FLOAT64_GRADIENT_TOLERANCE = 1e-9
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -211,61 +214,111 @@ def test_bfloat16_forward_close_to_float32(converted_depth_models):
   assert relative_max_error(out16, out32) < 0.1
 
 
-def test_training_gradients_match_torch_autograd(converted_depth_models, tmp_path):
-  """In training mode (batch statistics), the gradient of a loss with respect
-  to every parameter and to the image is as accurate as torch.autograd's
-  through the PyTorch reference with the same weights. On the CPU this runs
-  every custom gradient of the network: the matmul weight gradients of the
-  3x3 and 1x1 convolutions, the max pool's argmax gradient, the
-  resize's gather gradient and the dense blocks' reused batch statistics.
-
-  The reference is PyTorch in float64: at 64x96 the deep BatchNorms see 48
-  (block 3) and 12 (block 4) values per channel, and some gradients are
-  ill-conditioned enough that PyTorch's own float32 result is 8% off the
-  float64 one. So each tensor's float32 error (relative to its largest
-  value) must be within twice PyTorch's float32 error, or 1e-4. Gradients
-  go through the weight converter, to land on the same Flax names and
-  layouts."""
-  import copy
-  from weights_conversion import densedepth_model_config
-  from weights_conversion.convert import densedepth_to_flax
-
-  torch_model, out_dir = converted_depth_models["paper"]
-  config = densedepth_model_config(decoder_width=0.25, input_norm="imagenet")
-  rng = np.random.RandomState(11)
-  image = rng.uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
-  cotangent = rng.randn(2, 64, 96, 1).astype(np.float32)
-
-  def torch_gradients(dtype, name):
-    net = copy.deepcopy(torch_model).train().to(dtype)
-    image_t = nchw(image).to(dtype).requires_grad_(True)
-    (net(image_t) * nchw(cotangent).to(dtype)).sum().backward()
-    grads = {k: v.float() for k, v in torch_model.state_dict().items()}
-    for key, p in net.named_parameters():
-      if p.grad is not None:  # the DenseNet's unused ImageNet head has none
-        grads[key] = p.grad.float()
-    torch.save(grads, tmp_path / name)
-    params = nnx.state(densedepth_to_flax(tmp_path / name, config), nnx.Param)
-    return params, nhwc(image_t.grad.float())
-
-  exact, exact_image = torch_gradients(torch.float64, "float64.pth")
-  torch32, torch32_image = torch_gradients(torch.float32, "float32.pth")
-
+def _jax_training_gradients(out_dir, image, cotangent, dtype: str):
+  """Gradients of sum(model(image) * cotangent) in training mode (batch
+  statistics) with respect to every parameter, keyed and laid out as the
+  PyTorch reference's, and to the image; the model computes in `dtype` with
+  its parameters in that dtype. On the CPU this runs every custom gradient of
+  the network: the matmul weight gradients of the 3x3 and 1x1 convolutions,
+  the max pool's argmax gradient, the resize's gather gradient and the dense
+  blocks' reused batch statistics."""
+  from weights_conversion.convert import to_torch_layout, torch_key
   model = percdepth_jax.load_model(out_dir)
+  if dtype != model.config.dtype:
+    config = ModelConfig(**{**model.config.to_dict(), "dtype": dtype})
+    retyped = nnx.eval_shape(lambda: DepthNet(config, rngs=nnx.Rngs(0)))
+    nnx.update(retyped, nnx.state(model))
+    model = retyped
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params = jax.tree.map(lambda p: p.astype(dtype), params)
+  cotangent = jnp.asarray(cotangent, dtype)
 
   def loss(params, image):
     return jnp.sum(nnx.merge(graphdef, params, rest, copy=True)(image) * cotangent)
 
-  grads, grad_image = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(image))
-  error = lambda a, b: relative_max_error(np.asarray(a), np.asarray(b))
-  ours = jax.tree.map(error, grads, exact)
-  theirs = jax.tree.map(error, torch32, exact)
-  worse = [(jax.tree_util.keystr(path), e, t) for (path, e), t in
-           zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs))
-           if e > max(2 * t, 1e-4)]
+  grads, grad_image = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(image, dtype))
+  by_key = {torch_key(path, "densedepth"): to_torch_layout(path[-1], np.asarray(g, np.float64))
+            for path, g in nnx.to_flat_state(grads)}
+  return by_key, np.asarray(grad_image, np.float64)
+
+
+def _torch_training_gradients(torch_model, image, cotangent, dtype):
+  """The same gradients through torch.autograd, in `dtype`."""
+  net = copy.deepcopy(torch_model).train().to(dtype)
+  image_t = nchw(image).to(dtype).requires_grad_(True)
+  (net(image_t) * nchw(cotangent).to(dtype)).sum().backward()
+  grads = {key: p.grad.double().numpy() for key, p in net.named_parameters()
+           if p.grad is not None}  # the DenseNet's unused ImageNet head has none
+  return grads, nhwc(image_t.grad.double())
+
+
+def _training_inputs():
+  rng = np.random.RandomState(11)
+  image = rng.uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
+  return image, rng.randn(2, 64, 96, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def float64_training_gradients(converted_depth_models):
+  """The paper model's training gradients, computed by the JAX program in float64."""
+  _, out_dir = converted_depth_models["paper"]
+  with jax.enable_x64(True):
+    return _jax_training_gradients(out_dir, *_training_inputs(), "float64")
+
+
+def test_training_gradients_match_torch_autograd(converted_depth_models,
+                                                 float64_training_gradients):
+  """The gradient of every parameter and of the image in training mode is
+  torch.autograd's, both computed in float64 with the same weights: the same
+  JAX program (CPU gradient kernels included) with float64 compute.
+
+  float64 makes the comparison independent of the CPU: rounding (1e-16) times
+  the conditioning of the deep BatchNorms (at 64x96 they see 48 and 12 values
+  per channel) stays near 1e-13 (measured: 8e-14), and no ReLU, LeakyReLU or
+  max-pool input is near enough its switching point to take the other branch
+  in one program. In float32 neither holds (see the next test), so a
+  per-tensor float32 comparison depends on the machine's summation order. A
+  1x1 weight gradient scaled by 1.01 is 1e-2 here, far above the bound. (The
+  max pool's tie rule does not show in this gradient: after a ReLU the tied
+  values are zeros, whose gradient the ReLU discards; tests/test_layers.py
+  checks the rule.)"""
+  torch_model, _ = converted_depth_models["paper"]
+  expected, expected_image = _torch_training_gradients(
+      torch_model, *_training_inputs(), torch.float64)
+  actual, actual_image = float64_training_gradients
   # every parameter but the ImageNet head (weight, bias) has a gradient
-  assert len(jax.tree.leaves(ours)) == len(list(torch_model.parameters())) - 2
-  assert not worse, worse
-  assert error(grad_image, exact_image) <= max(2 * error(torch32_image, exact_image), 1e-4)
+  assert sorted(actual) == sorted(expected)
+  assert len(actual) == len(list(torch_model.parameters())) - 2
+  errors = {key: relative_max_error(actual[key], expected[key]) for key in expected}
+  worst = sorted(errors.items(), key=lambda item: -item[1])[:5]
+  assert worst[0][1] <= FLOAT64_GRADIENT_TOLERANCE, worst
+  assert relative_max_error(actual_image, expected_image) <= FLOAT64_GRADIENT_TOLERANCE
+
+
+def _global_relative_error(actual: dict, expected: dict) -> float:
+  """||actual - expected|| / ||expected|| over all tensors as one vector."""
+  squared = sum(np.sum((actual[k] - expected[k]) ** 2) for k in expected)
+  return float(np.sqrt(squared / sum(np.sum(v ** 2) for v in expected.values())))
+
+
+def test_float32_training_gradients_are_accurate(converted_depth_models,
+                                                 float64_training_gradients):
+  """The float32 training gradient (what training computes) against the same
+  program's float64 one, over all parameters as one vector: within 1e-3
+  (measured 3e-5 on an AMD EPYC; PyTorch's float32 is 5e-6 from its float64);
+  the image gradient within 5e-3 (measured 1.4e-4).
+
+  A per-tensor bound would not hold across machines: a ReLU, LeakyReLU or
+  max-pool input within float32 rounding of its switching point takes the
+  other branch in one program than in the other, which one depending on the
+  machine's summation order, and moves the gradients of every layer below it
+  by up to a few percent of their largest value; the sum over all
+  parameters is dominated by the well-determined bulk. The bounds still fail
+  a program that loses precision: with bfloat16 compute the same errors are
+  4.5e-2 and 8.5e-2."""
+  _, out_dir = converted_depth_models["paper"]
+  exact, exact_image = float64_training_gradients
+  actual, actual_image = _jax_training_gradients(out_dir, *_training_inputs(), "float32")
+  assert _global_relative_error(actual, exact) <= 1e-3
+  assert _global_relative_error({"image": actual_image}, {"image": exact_image}) <= 5e-3

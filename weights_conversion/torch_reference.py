@@ -103,14 +103,18 @@ class DepthModel(nn.Module):
                            leaky_relu_after_conv_a=not densedepth_compat)
     self.output_stride = 2 if densedepth_compat else 1
     self.input_norm = input_norm
-    # Not persistent: the state dict stays exactly DenseDepth's.
-    self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-    self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+    # Not persistent: the state dict stays exactly DenseDepth's. Stored in
+    # float64 and rounded to the input's dtype, so that a float64 model
+    # normalises with the exact constants (the float64 gradient reference).
+    self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1),
+                         persistent=False)
+    self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1),
+                         persistent=False)
 
   def normalize(self, image: torch.Tensor) -> torch.Tensor:
     x = image / 255.0
     if self.input_norm == "imagenet":
-      x = (x - self.mean) / self.std
+      x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
     return x
 
   def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from percdepth_jax.errors import UserInputError
@@ -23,7 +24,7 @@ _CHOICES = {
     "input_norm": ("imagenet", "unit"),
     "target": ("depth_norm", "metres"),
     "output_stride": (1, 2),
-    "dtype": ("float32", "bfloat16"),
+    "dtype": ("float32", "bfloat16", "float64"),
 }
 
 
@@ -44,6 +45,8 @@ class ModelConfig:
   batchnorm_eps: epsilon of the encoder's BatchNorms: 1e-5 as in torchvision,
     1.001e-5 for Keras DenseNets (converted DenseDepth .h5 models).
   dtype: compute dtype; parameters and BatchNorm statistics stay float32.
+    float64 computes everything in float64 (a numerical reference, e.g. for
+    gradient checks); it needs JAX's 64-bit mode (`jax.enable_x64(True)`).
   remat: recompute each dense layer's activations in the backward pass
     instead of storing them: less memory for larger batches, more compute.
   """
@@ -79,6 +82,10 @@ class ModelConfig:
 
   @property
   def compute_dtype(self):
+    if self.dtype == "float64" and not jax.config.jax_enable_x64:
+      raise UserInputError(
+          "model config dtype='float64' needs JAX's 64-bit mode: run the model "
+          "inside `with jax.enable_x64(True):` or set JAX_ENABLE_X64=1.")
     return jnp.dtype(self.dtype)
 
   @property

@@ -31,6 +31,11 @@ def lax_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
       padding=((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _accumulation(x: jax.Array) -> jnp.dtype:
+  """Weight gradients sum in float32 (float64 for a float64 model)."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _conv3x3_kernel_grad(x_BxHxWxC: jax.Array, dy_BxHxWxD: jax.Array) -> jax.Array:
   """Weight gradient of a 3x3, stride 1, padding 1 convolution as one matmul.
 
@@ -50,7 +55,7 @@ def _conv3x3_kernel_grad(x_BxHxWxC: jax.Array, dy_BxHxWxD: jax.Array) -> jax.Arr
       [jnp.pad(dy_NxD, ((i * wp + j, 0), (0, 0)))[:n] for i in range(3) for j in range(3)],
       axis=1)
   dk_Cx9D = jax.lax.dot_general(x_NxC, shifted_Nx9D, (((0,), (0,)), ((), ())),
-                                preferred_element_type=jnp.float32)
+                                preferred_element_type=_accumulation(x_NxC))
   return dk_Cx9D.reshape(c, 3, 3, d).transpose(1, 2, 0, 3)
 
 
@@ -89,7 +94,7 @@ def _conv1x1_bwd(residuals, dy):
   c, d = kernel.shape
   dx = jnp.einsum("bhwd,cd->bhwc", dy, kernel)
   dk = jax.lax.dot_general(x.reshape(-1, c), dy.reshape(-1, d), (((0,), (0,)), ((), ())),
-                           preferred_element_type=jnp.float32)
+                           preferred_element_type=_accumulation(x))
   return dx, dk.astype(kernel.dtype)
 
 

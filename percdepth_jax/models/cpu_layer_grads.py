@@ -35,22 +35,31 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def position_dtype(dtype) -> type:
+  """NumPy type of the source positions for tensors of `dtype`: PyTorch
+  computes them in the tensor's accumulation type, float32 for float32 and
+  bfloat16 tensors, float64 for float64 ones."""
+  return np.float64 if jnp.dtype(dtype) == jnp.float64 else np.float32
+
+
 @functools.lru_cache(maxsize=None)
-def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+def align_corners_matrix(in_size: int, out_size: int,
+                         dtype: type = np.float32) -> np.ndarray:
   """Interpolation matrix (out_size, in_size) of 1-D linear align_corners=True.
 
-  Source positions are computed in float32 the way PyTorch's CPU/GPU kernels
-  do (scale * index): at 240 -> 480 exact float64 positions differ from
-  PyTorch's by up to ~1e-4 of the signal, float32 ones by ~5e-7.
+  Source positions are computed in `dtype` (float32 unless the model runs in
+  float64) the way PyTorch's CPU/GPU kernels do (scale * index): at
+  240 -> 480 exact float64 positions differ from PyTorch's float32 ones by up
+  to ~1e-4 of the signal, float32 ones by ~5e-7.
   """
-  scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
-  src = np.arange(out_size, dtype=np.float32) * scale
+  scale = dtype((in_size - 1) / (out_size - 1)) if out_size > 1 else dtype(0)
+  src = np.arange(out_size, dtype=dtype) * scale
   lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
-  frac = src - lo.astype(np.float32)
-  matrix = np.zeros((out_size, in_size), np.float32)
+  frac = src - lo.astype(dtype)
+  matrix = np.zeros((out_size, in_size), dtype)
   rows = np.arange(out_size)
-  np.add.at(matrix, (rows, lo), np.float32(1.0) - frac)
+  np.add.at(matrix, (rows, lo), dtype(1.0) - frac)
   np.add.at(matrix, (rows, hi), frac)
   return matrix
 
@@ -128,19 +137,19 @@ max_pool_3x3_s2_p1.defvjp(_max_pool_fwd, _max_pool_bwd)
 # --- bilinear resize, align_corners=True --------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _resize_taps(in_size: int, out_size: int):
+def _resize_taps(in_size: int, out_size: int, dtype: type):
   """Forward: each output's two source indices and weights. Backward: each
   input's contributing outputs and weights, padded to the same count."""
-  m = align_corners_matrix(in_size, out_size)
+  m = align_corners_matrix(in_size, out_size, dtype)
   rows = np.arange(out_size)
   lo = np.argmax(m > 0, axis=1)
   hi = np.minimum(lo + 1, in_size - 1)
   w_lo = m[rows, lo]
-  w_hi = np.where(hi != lo, m[rows, hi], 0.0).astype(np.float32)
+  w_hi = np.where(hi != lo, m[rows, hi], 0.0).astype(dtype)
   readers = [np.nonzero(m[:, i])[0] for i in range(in_size)]
   count = max(1, max(len(r) for r in readers))
   back_index = np.zeros((in_size, count), np.int32)
-  back_weight = np.zeros((in_size, count), np.float32)
+  back_weight = np.zeros((in_size, count), dtype)
   for i, r in enumerate(readers):
     back_index[i, :len(r)] = r
     back_weight[i, :len(r)] = m[r, i]
@@ -154,7 +163,7 @@ def _along(weights: np.ndarray, axis: int, dtype) -> jax.Array:
 
 
 def _resize_axis_fwd(x, axis, in_size, out_size):
-  lo, hi, w_lo, w_hi, _, _ = _resize_taps(in_size, out_size)
+  lo, hi, w_lo, w_hi, _, _ = _resize_taps(in_size, out_size, position_dtype(x.dtype))
   return (jnp.take(x, lo, axis=axis) * _along(w_lo, axis, x.dtype)
           + jnp.take(x, hi, axis=axis) * _along(w_hi, axis, x.dtype))
 
@@ -169,7 +178,7 @@ def _resize_axis_vjp_fwd(x, axis, in_size, out_size):
 
 
 def _resize_axis_vjp_bwd(axis, in_size, out_size, _, dy):
-  *_, back_index, back_weight = _resize_taps(in_size, out_size)
+  *_, back_index, back_weight = _resize_taps(in_size, out_size, position_dtype(dy.dtype))
   dx = None
   for k in range(back_index.shape[1]):
     part = (jnp.take(dy, back_index[:, k], axis=axis)

@@ -19,7 +19,7 @@ class DepthNet(nnx.Module):
   """The monocular depth network (docs/design.md, 'The model').
 
   Call: RGB pixels `image_BxHxWx3` as float in [0, 255] (H, W multiples of
-  32) -> `out_BxHxWx1` float32 in the target representation (at H/2 x W/2
+  32) -> `out_BxHxWx1` float32 (float64 for a float64 model) in the target representation (at H/2 x W/2
   with output_stride 2). Input normalisation happens inside, per the config.
   `to_metres` turns the output into depth in metres.
   """
@@ -35,9 +35,9 @@ class DepthNet(nnx.Module):
                            dtype=dtype, rngs=rngs)
 
   def normalize(self, image_BxHxWx3: jax.Array) -> jax.Array:
-    x = image_BxHxWx3.astype(jnp.float32) / 255.0
+    x = image_BxHxWx3.astype(self.output_dtype) / 255.0
     if self.config.input_norm == "imagenet":
-      x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+      x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
     return x
 
   def __call__(self, image_BxHxWx3: jax.Array) -> jax.Array:
@@ -49,7 +49,13 @@ class DepthNet(nnx.Module):
     out = self.decoder(features)
     if self.config.output_stride == 1:
       out = resize_bilinear_align_corners(out, height, width)
-    return out.astype(jnp.float32)
+    return out.astype(self.output_dtype)
+
+  @property
+  def output_dtype(self) -> jnp.dtype:
+    """float32 (float64 for a float64 model): the dtype of the normalised
+    input and of the output."""
+    return jnp.promote_types(self.config.compute_dtype, jnp.float32)
 
   def to_metres(self, out: jax.Array) -> jax.Array:
     """Network output (target representation) -> metres in [min_depth, max_depth]."""

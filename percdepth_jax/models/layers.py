@@ -93,9 +93,15 @@ class Linear(nnx.Module):
     return y + self.bias[...].astype(self.dtype)
 
 
+def statistics_dtype(dtype) -> jnp.dtype:
+  """float32, or float64 for a float64 model (numerical reference checks)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def batch_statistics(x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-channel mean and biased variance over batch and space, in float32."""
-  x = x_BxHxWxC.astype(jnp.float32)
+  """Per-channel mean and biased variance over batch and space, in float32
+  (float64 for float64 input)."""
+  x = x_BxHxWxC.astype(statistics_dtype(x_BxHxWxC.dtype))
   mean = jnp.mean(x, axis=(0, 1, 2))
   return mean, jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
 
@@ -106,7 +112,8 @@ class BatchNorm2d(nnx.Module):
   `nnx.BatchNorm` updates the running variance with the biased batch variance;
   PyTorch uses the unbiased one (n / (n - 1)). This layer follows PyTorch so
   that a model trained here and one trained there have the same statistics.
-  Statistics are computed in float32 whatever the compute dtype. Under `jit`
+  Statistics are computed in float32 whatever the (lower) compute dtype,
+  in float64 for a float64 model. Under `jit`
   with a batch-sharded input the batch mean is over the global batch.
   """
 
@@ -127,7 +134,7 @@ class BatchNorm2d(nnx.Module):
     """statistics: the batch (mean, biased variance) of x, when the caller
     already has them (a dense block reuses each feature map's statistics in
     every later layer); ignored with running averages."""
-    x = x_BxHxWxC.astype(jnp.float32)
+    x = x_BxHxWxC.astype(statistics_dtype(self.dtype))
     if self.use_running_average:
       mean, var = self.mean[...], self.var[...]
     else:
@@ -135,8 +142,11 @@ class BatchNorm2d(nnx.Module):
       n = x.shape[0] * x.shape[1] * x.shape[2]
       unbiased_var = var * (n / max(n - 1, 1))
       m = self.momentum
-      self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
-      self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased_var)
+      # Running statistics stay float32 (a float64 model updates them too).
+      self.mean[...] = ((1.0 - m) * self.mean[...]
+                        + m * jax.lax.stop_gradient(mean)).astype(jnp.float32)
+      self.var[...] = ((1.0 - m) * self.var[...]
+                       + m * jax.lax.stop_gradient(unbiased_var)).astype(jnp.float32)
     # Fold normalisation and affine into one multiply-add per element.
     mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)
     add = self.bias[...] - mean * mul
@@ -181,7 +191,8 @@ def resize_bilinear_align_corners(x_BxHxWxC: jax.Array, height: int,
   if convolution.cpu_gradient_kernels_enabled():
     return cpu_layer_grads.resize_bilinear_align_corners(x_BxHxWxC, height, width)
   dtype = x_BxHxWxC.dtype
-  rows_HxI = jnp.asarray(cpu_layer_grads.align_corners_matrix(in_h, height), dtype)
-  cols_WxJ = jnp.asarray(cpu_layer_grads.align_corners_matrix(in_w, width), dtype)
+  positions = cpu_layer_grads.position_dtype(dtype)
+  rows_HxI = jnp.asarray(cpu_layer_grads.align_corners_matrix(in_h, height, positions), dtype)
+  cols_WxJ = jnp.asarray(cpu_layer_grads.align_corners_matrix(in_w, width, positions), dtype)
   y = jnp.einsum("hi,bijc->bhjc", rows_HxI, x_BxHxWxC)
   return jnp.einsum("wj,bhjc->bhwc", cols_WxJ, y)
