@@ -2,7 +2,7 @@
 
 from percdepth_jax.errors import UserInputError
 
-__all__ = ["UserInputError", "load_model", "predict_depth"]
+__all__ = ["UserInputError", "load_model", "predict_depth", "read_photo"]
 
 
 def __getattr__(name):
@@ -14,4 +14,7 @@ def __getattr__(name):
   if name == "predict_depth":
     from percdepth_jax.inference import predict_depth
     return predict_depth
+  if name == "read_photo":
+    from percdepth_jax.data.photos import read_photo
+    return read_photo
   raise AttributeError(f"module 'percdepth_jax' has no attribute {name!r}")

@@ -2,6 +2,9 @@
 
   python scripts/predict.py --checkpoint DIR --input FILE|DIR [--output DIR] [--no-flip] [--ply] [--intrinsics fx,fy,cx,cy] [--batch B]
 
+Photos are read as viewers show them (EXIF orientation applied; HEIC/HEIF
+with the `photos` extra; CMYK, palette, grey and 16-bit images converted;
+the first frame of an animation), and what was done is printed per file.
 For each image <stem> it writes <stem>.npy (float32 metres, input
 resolution), <stem>_depth.png (uint16 mm), <stem>_color.png (near = warm,
 range on the colour bar) and with --ply <stem>.ply (coloured points, metres,
@@ -19,12 +22,9 @@ import time
 
 import numpy as np
 from absl import flags
-from PIL import Image
 
 from percdepth_jax.cli import run_script
 from percdepth_jax.errors import UserInputError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("checkpoint", None, "workdir[:best] or model directory", flag_values=FLAGS)
@@ -37,26 +37,14 @@ flags.DEFINE_integer("batch", 8, "images per forward pass", flag_values=FLAGS)
 flags.mark_flags_as_required(["checkpoint", "input"], flag_values=FLAGS)
 
 
-def _intrinsics(text: str | None):
-  if text is None:
-    return None
-  try:
-    values = tuple(float(v) for v in text.split(","))
-  except ValueError:
-    values = ()
-  if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
-    raise UserInputError(f"--intrinsics {text!r}: expected four numbers fx,fy,cx,cy "
-                         "with fx, fy > 0 (pixels), e.g. 518.86,519.47,325.58,253.74.")
-  return values
-
-
 def _inputs(path: pathlib.Path) -> list[pathlib.Path]:
   if path.is_file():
     return [path]
   if path.is_dir():
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    from percdepth_jax.data.photos import PHOTO_SUFFIXES
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
     if not files:
-      raise UserInputError(f"--input {path} holds no .png/.jpg/.jpeg images.")
+      raise UserInputError(f"--input {path} holds no images ({', '.join(PHOTO_SUFFIXES)}).")
     return files
   raise UserInputError(f"--input {path} does not exist.")
 
@@ -64,12 +52,15 @@ def _inputs(path: pathlib.Path) -> list[pathlib.Path]:
 def run(args) -> int:
   import percdepth_jax
   from percdepth_jax import depth_outputs
-  from percdepth_jax.data.decode import decode_rgb
-  from percdepth_jax.data.camera import nyu_intrinsics
+  from percdepth_jax.data.photos import read_photo
+  from percdepth_jax.data.camera import parse_intrinsics
 
   if args.batch < 1:
     raise UserInputError(f"--batch {args.batch} must be >= 1.")
-  intrinsics = _intrinsics(args.intrinsics)
+  try:
+    intrinsics = parse_intrinsics(args.intrinsics)
+  except UserInputError as e:
+    raise UserInputError(f"--{e}") from None
   files = _inputs(pathlib.Path(args.input))
   model = percdepth_jax.load_model(args.checkpoint)
   out_dir = pathlib.Path(args.output)
@@ -80,12 +71,14 @@ def run(args) -> int:
   groups, skipped = collections.defaultdict(list), []
   for path in files:
     try:
-      image = decode_rgb(str(path), str(path))
+      photo = read_photo(path)
     except UserInputError as e:
       print(f"skipped: {e}", file=sys.stderr)
       skipped.append(path)
       continue
-    groups[image.shape].append((path, image))
+    for note in photo.notes:
+      print(f"{path}: {note}", file=sys.stderr)
+    groups[photo.rgb.shape].append((path, photo.rgb))
 
   done, t0 = 0, time.perf_counter()
   total = sum(len(g) for g in groups.values())
@@ -95,13 +88,8 @@ def run(args) -> int:
       images = np.stack([image for _, image in chunk])
       depth = percdepth_jax.predict_depth(model, images, flip=not args.no_flip)
       for (path, image), depth_m in zip(chunk, depth):
-        stem = out_dir / path.stem
-        np.save(f"{stem}.npy", depth_m.astype(np.float32))
-        depth_outputs.depth_to_mm_png(depth_m, f"{stem}_depth.png")
-        Image.fromarray(depth_outputs.colorize(depth_m)).save(f"{stem}_color.png")
-        if args.ply:
-          k = intrinsics or tuple(nyu_intrinsics(*depth_m.shape))
-          depth_outputs.write_ply(f"{stem}.ply", depth_m, image, k)
+        depth_outputs.write_prediction(out_dir / path.stem, depth_m, image,
+                                       intrinsics=intrinsics, ply=args.ply)
       done += len(chunk)
       print(f"\r{done}/{total} images", end="", file=sys.stderr, flush=True)
   elapsed = time.perf_counter() - t0

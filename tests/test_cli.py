@@ -7,9 +7,10 @@ import importlib
 
 import pytest
 
-SCRIPTS = ("train", "evaluate", "predict", "export", "benchmark", "benchmark_data",
+SCRIPTS = ("train", "evaluate", "predict", "demo", "export", "benchmark", "benchmark_data",
            "make_synthetic")
 REQUIRED = {"train": "--workdir", "evaluate": "--checkpoint", "predict": "--checkpoint",
+            "demo": "--checkpoint",
             "export": "--checkpoint", "make_synthetic": "--out"}
 
 

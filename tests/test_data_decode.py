@@ -66,7 +66,7 @@ def test_png_rgb_fast_path_equals_pillow(size):
   PNGs (with and without tRNS) take the OpenCV path and decode to exactly
   Pillow's convert('RGB')."""
   for kind, raw in _png_rgb_kinds(_scene(*size)).items():
-    assert decode._fast_rgb(raw) is not None, kind
+    assert decode.fast_rgb(raw) is not None, kind
     out = decode.decode_rgb(raw, kind)
     ref = _pillow_rgb(raw)
     assert out.dtype == np.uint8 and out.shape == ref.shape, kind
@@ -97,7 +97,7 @@ def test_jpeg_fast_path_equals_pillow(size):
   greyscale and EXIF-rotated JPEGs take the simplejpeg path and decode to
   exactly Pillow's convert('RGB')."""
   for kind, raw in _jpeg_kinds(_scene(*size)).items():
-    assert decode._fast_rgb(raw) is not None, kind
+    assert decode.fast_rgb(raw) is not None, kind
     out = decode.decode_rgb(raw, kind)
     ref = _pillow_rgb(raw)
     assert out.dtype == np.uint8 and out.shape == ref.shape, kind
@@ -115,7 +115,7 @@ def test_real_frames_fast_path_equals_pillow():
       assert decode._fast_depth(raw, False) is not None, path
       out, ref = decode.decode_depth_png(str(path), str(path)), _pillow_values(raw)
     else:
-      assert decode._fast_rgb(raw) is not None, path
+      assert decode.fast_rgb(raw) is not None, path
       out, ref = decode.decode_rgb(str(path), str(path)), _pillow_rgb(raw)
     assert out.dtype == ref.dtype and out.shape == ref.shape, path
     np.testing.assert_array_equal(out, ref, err_msg=str(path))
@@ -161,7 +161,7 @@ def test_kinds_left_to_pillow_decode_as_pillow():
       "grey16_png": _encode(Image.fromarray(rgb16[..., 0]), "PNG"),
   }
   for kind, raw in rgb_cases.items():
-    assert decode._fast_rgb(raw) is None, kind
+    assert decode.fast_rgb(raw) is None, kind
     np.testing.assert_array_equal(decode.decode_rgb(raw, kind), _pillow_rgb(raw),
                                   err_msg=kind)
 
@@ -178,7 +178,7 @@ def test_make_synthetic_layout_round_trips_exactly(tmp_path):
     stored = np.round(np.where(ex["valid"], ex["depth"], 0) * 1000).astype(np.uint16)
     np.testing.assert_array_equal(_pillow_rgb(rgb_path.read_bytes()), ex["image"])
     np.testing.assert_array_equal(_pillow_values(depth_path.read_bytes()), stored)
-    assert decode._fast_rgb(rgb_path.read_bytes()) is not None
+    assert decode.fast_rgb(rgb_path.read_bytes()) is not None
     np.testing.assert_array_equal(decode.decode_rgb(str(rgb_path), "rgb"), ex["image"])
     np.testing.assert_array_equal(decode.decode_depth_png(str(depth_path), "d"), stored)
   sizes = [sum(f.stat().st_size for f in (tmp_path / f"level{level}").glob("*/*.png"))

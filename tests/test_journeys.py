@@ -270,3 +270,31 @@ def test_readme_python_blocks(project, main_job, my_depth_model, imagenet_weight
     script.write_text(prelude + block + epilogue)
     result = helpers.run(f"python {script.name}", project)
     assert "ok" in result.stdout, block
+
+
+def test_demo_serves_the_main_jobs_model(project, main_job):
+  """README "Try it in the browser": the demo starts with its one command on
+  the main job's checkpoint and serves a page that names the model and the
+  synthetic rooms it was trained on (tests/test_demo.py drives the page in
+  a browser)."""
+  import socket
+  import urllib.request
+  command = readme_command("python scripts/demo.py --checkpoint workdirs/synthetic:best")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  argv = [sys.executable] + command.split()[1:] + ["--port", str(port)]
+  proc = subprocess.Popen(argv, cwd=project, env=helpers.env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline, page = time.time() + 180, None
+    while page is None:
+      assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+      try:
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=5).read().decode()
+      except OSError:
+        time.sleep(1)
+    assert "Trained here (best checkpoint) on `synthetic:" in page
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -32,14 +32,15 @@ from percdepth_jax.errors import UserInputError
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk with its CRC
 _JPEG_END = b"\xff\xd9"
-# RGB order; EXIF orientation is not applied (nor by Pillow).
+# RGB order; EXIF orientation is not applied here (nor by Pillow): dataset
+# files stay as stored, photos for prediction are turned by data/photos.py.
 _RGB_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 # JPEG start-of-frame markers taken by the fast path: baseline, extended
 # and progressive Huffman-coded (lossless and arithmetic-coded go to Pillow).
 _JPEG_SOF = (0xC0, 0xC1, 0xC2)
 
 
-def _read_bytes(data: bytes | str, name: str) -> bytes:
+def read_bytes(data: bytes | str, name: str) -> bytes:
   if isinstance(data, bytes):
     return data
   try:
@@ -70,7 +71,7 @@ def _pil_decode(raw: bytes, name: str) -> Image.Image:
 
 def open_image(data: bytes | str, name: str) -> Image.Image:
   """Fully decodes an image with Pillow (truncation is detected here)."""
-  return _pil_decode(_read_bytes(data, name), name)
+  return _pil_decode(read_bytes(data, name), name)
 
 
 def _png_header(raw: bytes) -> tuple[int, int, int, int] | None:
@@ -117,7 +118,7 @@ def _jpeg_header(raw: bytes) -> tuple[int, int, int] | None:
   return None
 
 
-def _fast_rgb(raw: bytes) -> np.ndarray | None:
+def fast_rgb(raw: bytes) -> np.ndarray | None:
   """The fast RGB decode where it equals Pillow's convert('RGB'), else None."""
   png = _png_header(raw)
   if png is not None:
@@ -144,8 +145,8 @@ def _fast_rgb(raw: bytes) -> np.ndarray | None:
 
 def decode_rgb(data: bytes | str, name: str) -> np.ndarray:
   """uint8 HxWx3 from a PNG/JPEG (grey, palette and RGBA are converted)."""
-  raw = _read_bytes(data, name)
-  out = _fast_rgb(raw)
+  raw = read_bytes(data, name)
+  out = fast_rgb(raw)
   if out is not None:
     return out
   image = _pil_decode(raw, name)
@@ -169,7 +170,7 @@ def _fast_depth(raw: bytes, allow_8bit: bool) -> np.ndarray | None:
 def decode_depth_png(data: bytes | str, name: str, *, allow_8bit: bool = False
                      ) -> np.ndarray:
   """The stored integer values of a depth PNG (uint16 or, if allowed, uint8)."""
-  raw = _read_bytes(data, name)
+  raw = read_bytes(data, name)
   out = _fast_depth(raw, allow_8bit)
   if out is not None:
     return out
