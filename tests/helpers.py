@@ -163,3 +163,16 @@ def link_repo_dirs(project: pathlib.Path) -> None:
   so README commands run verbatim with their relative paths."""
   for name in ("scripts", "configs"):
     (project / name).symlink_to(REPO / name)
+
+
+def block_import(monkeypatch, module: str) -> None:
+  """Makes `import <module>` fail as on a machine without it installed."""
+  import builtins
+  real_import = builtins.__import__
+
+  def blocked(name, *args, **kwargs):
+    if name == module:
+      raise ImportError(f"No module named {module!r}")
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", blocked)

@@ -27,7 +27,7 @@ from PIL import Image
 import percdepth_jax
 from percdepth_jax import depth_outputs
 from percdepth_jax.data.camera import nyu_intrinsics
-from tests.helpers import REPO, env, save_toy_model
+from tests.helpers import REPO, block_import, env, save_toy_model
 
 FRAME = REPO / "docs" / "images" / "predict" / "nyu_rgb.jpg"
 
@@ -212,18 +212,10 @@ def test_glb_holds_the_depth_surface(tmp_path):
 def test_bad_start_exits_2_with_a_message(tmp_path, capsys, monkeypatch):
   """A checkpoint that does not exist, and a machine without Gradio: exit 2
   with a line naming the problem (and the extra to install)."""
-  import builtins
   from scripts import demo
   assert demo.main(["--checkpoint", str(tmp_path / "nothing")]) == 2
   err = capsys.readouterr().err
   assert "does not exist" in err and "Traceback" not in err
-  real_import = builtins.__import__
-
-  def no_gradio(name, *args, **kwargs):
-    if name == "gradio":
-      raise ImportError(name)
-    return real_import(name, *args, **kwargs)
-
-  monkeypatch.setattr(builtins, "__import__", no_gradio)
+  block_import(monkeypatch, "gradio")
   assert demo.main(["--checkpoint", str(tmp_path / "nothing")]) == 2
   assert '.[demo]' in capsys.readouterr().err

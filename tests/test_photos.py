@@ -4,7 +4,6 @@ HEIC, CMYK, palette, greyscale, 16-bit and multi-frame files; predictions of a
 turned photo equal the upright image's; scripts/predict.py writes maps of the
 displayed size."""
 
-import builtins
 import io
 
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image, ImageOps
 import percdepth_jax
 from percdepth_jax.data import decode, photos
 from scripts import predict
-from tests.helpers import nyu_images, save_toy_model
+from tests.helpers import block_import, nyu_images, save_toy_model
 
 # Pillow's transpose that undoes each orientation: storing orient^-1(U) with
 # tag k displays U.
@@ -175,14 +174,7 @@ def test_heic_reads_upright():
 
 def test_heic_without_pillow_heif_names_the_extra(monkeypatch):
   """Without pillow-heif a HEIC gets a UserInputError naming the extra."""
-  real_import = builtins.__import__
-
-  def no_heif(name, *args, **kwargs):
-    if name == "pillow_heif":
-      raise ImportError(name)
-    return real_import(name, *args, **kwargs)
-
-  monkeypatch.setattr(builtins, "__import__", no_heif)
+  block_import(monkeypatch, "pillow_heif")
   raw = b"\x00\x00\x00\x18ftypheic" + bytes(100)
   with pytest.raises(percdepth_jax.UserInputError, match=r"phone\.heic.*pillow-heif.*\[photos\]"):
     photos.read_photo(raw, "phone.heic")
