@@ -15,6 +15,8 @@ codes all scripts share:
 
 from __future__ import annotations
 
+import os
+import pathlib
 import sys
 import types
 from typing import Callable, Sequence
@@ -24,6 +26,8 @@ from absl import flags
 from percdepth_jax.errors import UserInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# Where compiled XLA programs are kept between runs: a directory, or "off".
+COMPILATION_CACHE_ENV = "PERCDEPTH_COMPILATION_CACHE"
 _HELP = ("-h", "--help", "--helpshort", "--helpfull", "-help")
 
 
@@ -67,3 +71,29 @@ def run_script(flag_values: flags.FlagValues, run: Callable[[types.SimpleNamespa
   except UserInputError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def compilation_cache_dir() -> pathlib.Path | None:
+  """The persistent compilation cache's directory, None when it is off:
+  $PERCDEPTH_COMPILATION_CACHE (a directory, or "off"), else
+  $XDG_CACHE_HOME/percdepth_jax/xla (~/.cache/percdepth_jax/xla)."""
+  setting = os.environ.get(COMPILATION_CACHE_ENV, "").strip()
+  if setting.lower() == "off":
+    return None
+  if setting:
+    return pathlib.Path(setting).expanduser()
+  cache_home = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(cache_home) / "percdepth_jax" / "xla"
+
+
+def use_compilation_cache() -> None:
+  """Keeps compiled programs on disk, so that a re-run, a resumed run or the
+  next prediction of the same shapes loads them instead of compiling again
+  (JAX's persistent compilation cache; programs that compile in under a
+  second are not kept). A JAX_COMPILATION_CACHE_DIR the user set wins."""
+  import jax
+  if jax.config.jax_compilation_cache_dir:
+    return
+  directory = compilation_cache_dir()
+  if directory is not None:
+    jax.config.update("jax_compilation_cache_dir", str(directory))

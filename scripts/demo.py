@@ -17,7 +17,7 @@ import sys
 
 from absl import flags
 
-from percdepth_jax.cli import run_script
+from percdepth_jax.cli import run_script, use_compilation_cache
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("checkpoint", None, "workdir[:best] or model directory", flag_values=FLAGS)
@@ -31,6 +31,7 @@ EXAMPLES = ("docs/images/predict/nyu_rgb.jpg", "docs/images/predict/synthetic_rg
 
 
 def run(args) -> int:
+  use_compilation_cache()
   import pathlib
 
   from percdepth_jax import demo

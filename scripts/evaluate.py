@@ -24,7 +24,7 @@ import sys
 
 from absl import flags
 
-from percdepth_jax.cli import run_script
+from percdepth_jax.cli import run_script, use_compilation_cache
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.metrics import PROTOCOLS
 
@@ -50,6 +50,7 @@ flags.mark_flags_as_required(["checkpoint", "data", "output"], flag_values=FLAGS
 
 
 def run(args) -> int:
+  use_compilation_cache()
   from percdepth_jax import evaluation, report
   from percdepth_jax.data import resolve_spec
   from percdepth_jax.model_io import load_model_with_step

@@ -23,7 +23,7 @@ import time
 import numpy as np
 from absl import flags
 
-from percdepth_jax.cli import run_script
+from percdepth_jax.cli import run_script, use_compilation_cache
 from percdepth_jax.errors import UserInputError
 
 FLAGS = flags.FlagValues()
@@ -50,6 +50,7 @@ def _inputs(path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def run(args) -> int:
+  use_compilation_cache()
   import percdepth_jax
   from percdepth_jax import depth_outputs
   from percdepth_jax.data.photos import read_photo

@@ -17,7 +17,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from percdepth_jax.cli import EXIT_FAILED, run_script
+from percdepth_jax.cli import EXIT_FAILED, run_script, use_compilation_cache
 from percdepth_jax.training.config import unknown_override_message
 
 FLAGS = flags.FlagValues()
@@ -28,6 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 
 def run(args) -> int:
+  use_compilation_cache()
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
   from percdepth_jax.training.loop import (NonFiniteLossError, StoppedBySignal,
                                            train_and_evaluate)

@@ -46,3 +46,46 @@ def test_repeated_calls_start_from_the_defaults(tmp_path, capsys):
   assert make_synthetic.main(["--out", str(tmp_path / "b"), "--num", "1"]) == 0
   out = capsys.readouterr().out
   assert "(16x24)" in out and "(480x640)" in out
+
+
+def test_compilation_cache_directory(monkeypatch, tmp_path):
+  """PERCDEPTH_COMPILATION_CACHE moves the cache or turns it off; the
+  default is under XDG_CACHE_HOME."""
+  from percdepth_jax import cli
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.delenv(cli.COMPILATION_CACHE_ENV, raising=False)
+  assert cli.compilation_cache_dir() == tmp_path / "xdg" / "percdepth_jax" / "xla"
+  monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, str(tmp_path / "mine"))
+  assert cli.compilation_cache_dir() == tmp_path / "mine"
+  monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, "off")
+  assert cli.compilation_cache_dir() is None
+
+
+def test_second_prediction_loads_the_compiled_program(tmp_path):
+  """predict.py run twice as a user runs it: the first run writes its
+  compiled programs into the cache directory, the second loads them (no
+  entry is written again) and writes the same depth."""
+  import subprocess
+  import sys
+
+  import numpy as np
+
+  from tests.helpers import REPO, env, save_toy_model
+  checkpoint = save_toy_model(tmp_path / "toy")
+  cache = tmp_path / "cache"
+  run_env = env()
+  run_env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the test session's own cache
+  run_env["PERCDEPTH_COMPILATION_CACHE"] = str(cache)
+  run_env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # keep the toy's programs
+  listings, depths = [], []
+  for i in range(2):
+    subprocess.run([sys.executable, "scripts/predict.py", "--checkpoint", str(checkpoint),
+                    "--input", "docs/images/predict/synthetic_rgb.png",
+                    "--output", str(tmp_path / f"out{i}")],
+                   cwd=REPO, env=run_env, check=True, capture_output=True)
+    # (name, modification time): a miss would write its entry again.
+    listings.append(sorted((p.name, p.stat().st_mtime_ns) for p in cache.rglob("*")
+                           if p.is_file()))
+    depths.append(np.load(tmp_path / f"out{i}" / "synthetic_rgb.npy"))
+  assert listings[0] and listings[1] == listings[0]
+  np.testing.assert_array_equal(depths[1], depths[0])
