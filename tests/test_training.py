@@ -1,7 +1,7 @@
 """Training end to end on the tiny config: outputs, device-count invariance,
 bfloat16 compute against float32, exact resume, finished re-runs, two
-processes, SIGTERM, the non-finite-loss
-guard, and bad input refused before anything is written.
+processes, SIGTERM, the non-finite-loss guard, and bad input refused before
+anything is written.
 
 Runs go through scripts/train.py in subprocesses (as users run it), so that
 the device count and the multi-process setup can differ between runs.
