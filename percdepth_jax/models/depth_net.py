@@ -19,9 +19,10 @@ class DepthNet(nnx.Module):
   """The monocular depth network (docs/design.md, 'The model').
 
   Call: RGB pixels `image_BxHxWx3` as float in [0, 255] (H, W multiples of
-  32) -> `out_BxHxWx1` float32 (float64 for a float64 model) in the target representation (at H/2 x W/2
-  with output_stride 2). Input normalisation happens inside, per the config.
-  `to_metres` turns the output into depth in metres.
+  32) -> `out_BxHxWx1` float32 (float64 for a float64 model) in the target
+  representation (at H/2 x W/2 with output_stride 2). Input normalisation
+  happens inside, per the config. `to_metres` turns the output into depth in
+  metres.
   """
 
   def __init__(self, config: ModelConfig = ModelConfig(), *, rngs: nnx.Rngs):
