@@ -92,7 +92,6 @@ class DepthDemo:
     self.model = model_io.load_model(checkpoint)
     self.description = describe(checkpoint)
     self.out_root = pathlib.Path(tempfile.mkdtemp(prefix="percdepth_demo_"))
-    self._requests = 0
 
   def predict(self, photo_path: str | None, flip: bool = True,
               intrinsics: str = "") -> dict[str, Any]:
@@ -104,9 +103,8 @@ class DepthDemo:
     photo = read_photo(photo_path, name)
     k = parse_intrinsics(intrinsics)
     depth = predict_depth(self.model, photo.rgb[None], flip=flip)[0]
-    self._requests += 1
-    out_dir = self.out_root / str(self._requests)
-    out_dir.mkdir()
+    # One folder per request: Gradio serves requests on several threads.
+    out_dir = pathlib.Path(tempfile.mkdtemp(dir=self.out_root))
     paths = depth_outputs.write_prediction(out_dir / pathlib.Path(name).stem, depth, photo.rgb,
                                            intrinsics=k, ply=True, glb=True)
     return {"rgb": photo.rgb, "depth": depth, "paths": paths, "notes": photo.notes}
@@ -132,7 +130,7 @@ def build_app(demo: DepthDemo, examples: list[str]):
     except UserInputError as e:
       return None, "", None, None, f"**Could not use this photo.** {e}"
     depth, paths = result["depth"], result["paths"]
-    colour = np.asarray(depth_outputs.colorize(depth))
+    colour = np.asarray(Image.open(paths["color_png"]).convert("RGB"))
     status = (f"{depth.shape[1]}x{depth.shape[0]} pixels, depth {depth.min():.2f}-"
               f"{depth.max():.2f} m, flip averaging {'on' if flip else 'off'}.")
     if result["notes"]:

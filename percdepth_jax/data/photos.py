@@ -103,9 +103,8 @@ def read_photo(path: str | os.PathLike | bytes, name: str | None = None) -> Phot
 
   Turned by its EXIF orientation in every decoder path; HEIC/HEIF through
   pillow-heif (the `photos` extra); CMYK, palette, greyscale and 16-bit
-  images converted to 8-bit RGB;
-  alpha dropped; of a multi-frame file (GIF, APNG, TIFF, HEIF sequence) the
-  first frame, said in the notes. Errors are UserInputErrors naming `name`.
+  images converted to 8-bit RGB; alpha dropped; of a multi-frame file (GIF,
+  APNG, TIFF, HEIF sequence) the first frame, said in the notes. Errors are UserInputErrors naming `name`.
   """
   name = name or (str(path) if not isinstance(path, bytes) else "image")
   raw = decode.read_bytes(path if isinstance(path, bytes) else os.fspath(path), name)
