@@ -70,7 +70,7 @@ def server(tmp_path_factory):
         process.kill()
         pytest.fail(f"the demo did not start:\n{log.read_text()}")
       time.sleep(1)
-  yield url, checkpoint
+  yield url, checkpoint, log
   process.terminate()
   process.wait(timeout=30)
 
@@ -92,15 +92,30 @@ def browser():
 def page(server, browser):
   """A fresh page of the demo (a new visitor)."""
   page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
-  page.goto(server[0])
+  page.console = []
+  page.on("console", lambda message: page.console.append(f"{message.type}: {message.text}"))
+  page.server_log = server[2]
+  page.goto(server[0], wait_until="networkidle", timeout=120_000)
   page.wait_for_selector("#estimate")
   yield page
   page.close()
 
 
-def _estimate(page, path):
-  page.set_input_files("#photo input[type=file]", str(path))
-  page.wait_for_selector("#photo :text('" + path.name + "')", timeout=120_000)
+def _estimate(page, path, attempts=4):
+  """Uploads `path` and starts the estimate. On a loaded machine a file set
+  before the page's scripts listen, or an upload request that stalls, leaves
+  the file box empty; a user would drop the file again, and so does this."""
+  from playwright.sync_api import TimeoutError as PlaywrightTimeout
+  for _ in range(attempts):
+    page.set_input_files("#photo input[type=file]", str(path))
+    try:
+      page.wait_for_selector("#photo :text('" + path.name + "')", timeout=30_000)
+      break
+    except PlaywrightTimeout:
+      continue
+  else:
+    pytest.fail(f"the page never showed the uploaded {path.name}; browser console:\n"
+                + "\n".join(page.console) + f"\ndemo log:\n{page.server_log.read_text()}")
   page.click("#estimate")
 
 
@@ -109,7 +124,7 @@ def test_upload_shows_and_serves_predict_depths_result(server, page, tmp_path):
   colour map of `predict_depth` on that image, the hover readout gives the
   depth of the pixel under the pointer to the millimetre, the .npy download equals
   `predict_depth`'s array, and the 3D view draws. A screenshot is saved."""
-  _, checkpoint = server
+  _, checkpoint, _ = server
   model = percdepth_jax.load_model(checkpoint)
   image = np.asarray(Image.open(FRAME).convert("RGB"))
   expected = percdepth_jax.predict_depth(model, image[None])[0]
