@@ -9,6 +9,10 @@ import os
 import shutil
 import tempfile
 
+# JAX on the CPU even where the accelerators extra installed the CUDA plugin
+# and libtpu (they compile for GPUs and TPUs; they must not become backends).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 # One persistent XLA compilation cache for the whole session, shared by this
 # process, the pytest-xdist workers and the scripts the tests run as
 # subprocesses (all inherit the variable; the process that made the folder

@@ -8,9 +8,9 @@ import importlib
 import pytest
 
 SCRIPTS = ("train", "evaluate", "predict", "demo", "export", "benchmark", "benchmark_data",
-           "make_synthetic")
+           "make_synthetic", "compile_report")
 REQUIRED = {"train": "--workdir", "evaluate": "--checkpoint", "predict": "--checkpoint",
-            "demo": "--checkpoint",
+            "demo": "--checkpoint", "compile_report": "--config",
             "export": "--checkpoint", "make_synthetic": "--out"}
 
 

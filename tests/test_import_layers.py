@@ -18,13 +18,13 @@ FORBIDDEN = ("torch", "torchvision", "weights_conversion", "tensorflow", "keras"
 RANKS = {
     "percdepth_jax.errors": 0, "percdepth_jax.compare": 0,
     "percdepth_jax.models": 0, "percdepth_jax.losses": 0, "percdepth_jax.metrics": 0,
-    "percdepth_jax.edges": 0, "percdepth_jax.data": 0,
+    "percdepth_jax.edges": 0, "percdepth_jax.data": 0, "percdepth_jax.targets": 0,
     "percdepth_jax.storage": 1,
     "percdepth_jax.model_io": 2,
     "percdepth_jax.training": 3, "percdepth_jax.evaluation": 3,
     "percdepth_jax.inference": 3, "percdepth_jax.export": 3, "percdepth_jax.report": 3,
     "percdepth_jax.depth_outputs": 3, "percdepth_jax.benchmarking": 3,
-    "percdepth_jax.cli": 3, "percdepth_jax.demo": 3,
+    "percdepth_jax.cli": 3, "percdepth_jax.demo": 3, "percdepth_jax.compile_report": 3,
     "percdepth_jax": 4,  # the package facade (__init__): load_model, predict_depth
 }
 

@@ -41,11 +41,14 @@ def host_shard(process_index: int | None = None,
 
 
 def batch_sharding(mesh: jax.sharding.Mesh | None = None,
-                   axis: str | Sequence[str] = "data") -> jax.sharding.NamedSharding:
-  """Batch axis split over `axis` of `mesh` (default: all devices, 1-D)."""
+                   axis: str | Sequence[str] = "data",
+                   devices: Sequence[jax.Device] | None = None) -> jax.sharding.NamedSharding:
+  """Batch axis split over `axis` of `mesh` (default: a 1-D mesh of
+  `devices`, all devices when None)."""
   if mesh is None:
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    devices = jax.devices() if devices is None else devices
+    mesh = jax.make_mesh((len(devices),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
     axis = "data"
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 

@@ -252,9 +252,7 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
   writer = MetricWriter(workdir, enabled=is_main,
                         resume_step=start_step if restored is not None else None)
 
-  train_step = jax.jit(
-      step_lib.make_train_step(graphdef, perceptual_graphdef, tx, config),
-      donate_argnums=(0,), out_shardings=(replicated, replicated))
+  train_step = step_lib.jit_train_step(graphdef, perceptual_graphdef, tx, config, replicated)
 
   def meta(step: int, eval_pending: bool) -> dict[str, Any]:
     # eval_pending: an evaluation is due at this step and runs after the

@@ -146,3 +146,12 @@ def make_train_step(graphdef: nnx.GraphDef, perceptual_graphdef: nnx.GraphDef | 
     return new_state, metrics
 
   return train_step
+
+
+def jit_train_step(graphdef: nnx.GraphDef, perceptual_graphdef: nnx.GraphDef | None,
+                   tx: optax.GradientTransformation, config,
+                   replicated: jax.sharding.Sharding):
+  """The train step as `training.loop` runs it (and scripts/compile_report.py
+  compiles it): the state donated, the new state and metrics replicated."""
+  return jax.jit(make_train_step(graphdef, perceptual_graphdef, tx, config),
+                 donate_argnums=(0,), out_shardings=(replicated, replicated))
