@@ -34,8 +34,8 @@ from percdepth_jax.models import DepthNet, ModelConfig, ResNet50, convolution
 from percdepth_jax.training import step as step_lib
 
 GIB = 2**30
-# Custom-call targets of the CPU gradient kernels' world that must not reach
-# an accelerator: Python host callbacks (jax.pure_callback & co.).
+# Python host callbacks (jax.pure_callback, io_callback, jax.debug.print): a
+# round trip to the host at every call on an accelerator.
 HOST_CALLBACK = re.compile(r'custom_call_target="[^"]*callback[^"]*"')
 # Functions of the CPU gradient kernels (models/cpu_conv_grads.py,
 # models/cpu_layer_grads.py) that only their custom VJPs call; the generic
@@ -43,9 +43,9 @@ HOST_CALLBACK = re.compile(r'custom_call_target="[^"]*callback[^"]*"')
 CPU_KERNEL_FUNCTIONS = (
     "conv3x3_same", "_conv3x3_fwd", "_conv3x3_bwd", "_conv3x3_kernel_grad",
     "conv1x1", "_conv1x1_fwd", "_conv1x1_bwd",
-    "_max_pool_fwd", "_max_pool_bwd", "_next",
+    "_max_pool_fwd", "_max_pool_bwd",
     "_resize_axis", "_resize_axis_fwd", "_resize_axis_vjp_fwd", "_resize_axis_vjp_bwd",
-    "_resize_taps", "_along")
+    "_resize_taps")
 CUDNN_KINDS = {"__cudnn$convForward": "forward",
                "__cudnn$convBiasActivationForward": "forward",
                "__cudnn$convBackwardInput": "backward-input",
@@ -223,13 +223,19 @@ def _cpu_flops(fn, args) -> float | None:
 @contextlib.contextmanager
 def _no_persistent_cache() -> Iterator[None]:
   """A compile-only client cannot load programs back from JAX's persistent
-  cache (and the compile time is one of the figures): keep it out."""
-  previous = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
+  cache (and the compile time is one of the figures): keep it out. JAX
+  decides once per process whether it uses the cache, so where it already
+  does (a process that compiled before), no program is written to it."""
+  settings = {"jax_enable_compilation_cache": False,
+              "jax_persistent_cache_min_compile_time_secs": float("inf")}
+  previous = {name: getattr(jax.config, name) for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
   try:
     yield
   finally:
-    jax.config.update("jax_enable_compilation_cache", previous)
+    for name, value in previous.items():
+      jax.config.update(name, value)
 
 
 def compiler_options(target: targets_lib.Target) -> dict[str, Any]:
@@ -280,6 +286,12 @@ def check_batch(batch: int, target: targets_lib.Target) -> None:
                          f"the {target.device_count} devices of {target.describe()}.")
 
 
+def out_of_memory(error: Exception) -> bool:
+  """Whether a compile failed because the program cannot fit the device."""
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
 def max_batch(programs: Programs, target: targets_lib.Target, dtype: str, start: int,
               log=print) -> tuple[int, list[StepReport]]:
   """The largest global train batch (a multiple of the device count) whose
@@ -289,7 +301,13 @@ def max_batch(programs: Programs, target: targets_lib.Target, dtype: str, start:
   reports: list[StepReport] = []
 
   def fits(batch: int) -> bool:
-    report = compile_step(programs, "train", batch, target, dtype, with_flops=False)
+    try:
+      report = compile_step(programs, "train", batch, target, dtype, with_flops=False)
+    except jax.errors.JaxRuntimeError as e:
+      if not out_of_memory(e):
+        raise
+      log(f"  batch {batch}: XLA could not fit it ({str(e).splitlines()[0][:120]})")
+      return False
     reports.append(report)
     log(f"  batch {batch}: {report.total_bytes / GIB:.1f} GiB per device, "
         f"{'fits' if report.fits else 'does not fit'}")

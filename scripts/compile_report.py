@@ -99,6 +99,8 @@ HEADER = ("step       batch   args   temp    out  total / device fits compile_s 
 
 
 def run(args) -> int:
+  import jax
+
   from percdepth_jax import compile_report, targets
   from percdepth_jax.training import initial_weights
 
@@ -126,18 +128,25 @@ def run(args) -> int:
   print(HEADER, flush=True)
   for batch in batches:
     for step in args.steps:
-      report = compile_report.compile_step(programs, step, batch, target, dtype)
+      try:
+        report = compile_report.compile_step(programs, step, batch, target, dtype)
+      except jax.errors.JaxRuntimeError as e:
+        if not compile_report.out_of_memory(e):
+          raise
+        print(f"{step:<9} {batch:>6}  does not fit: XLA refused it "
+              f"({str(e).splitlines()[0][:100]})", flush=True)
+        continue
       reports.append(report)
       print(_row(report), flush=True)
+  for report in reports:
+    print(f"{report.step} batch {report.batch}: " + ", ".join(
+        f"{k} {v}" for k, v in report.kernels.items()), flush=True)
   largest = None
   if args.max_batch:
     print("largest train batch that fits:", flush=True)
     largest, searched = compile_report.max_batch(programs, target, dtype, max(batches))
     reports += searched
     print(f"  -> {largest} (global; {largest // target.device_count} per device)", flush=True)
-  for report in reports[:len(batches) * len(args.steps)]:
-    print(f"{report.step} batch {report.batch}: " + ", ".join(
-        f"{k} {v}" for k, v in report.kernels.items()), flush=True)
   problems = [f"{r.step} batch {r.batch}: {p}" for r in reports for p in r.cpu_only]
   for problem in problems:
     print(f"CPU-only piece in the accelerator program: {problem}", file=sys.stderr)

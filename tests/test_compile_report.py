@@ -14,6 +14,9 @@ PERCDEPTH_REQUIRE_ACCELERATOR_COMPILERS=1, so there they fail instead.
 import importlib.util
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -21,7 +24,7 @@ import pytest
 from percdepth_jax import compile_report, targets
 from percdepth_jax.models import convolution
 from percdepth_jax.training import initial_weights
-from tests.helpers import REPO, run
+from tests.helpers import REPO, env, run
 from tests.test_journeys import readme_command
 
 
@@ -164,6 +167,20 @@ def test_script_bad_input_exits_2(argv, message):
   result = run(f"python scripts/compile_report.py --config configs/tiny.py {argv}", REPO,
                expect=2)
   assert message in result.stderr, result.stderr
+
+
+def test_cpu_runs_stay_on_the_cpu_with_the_compilers_installed():
+  """With the CUDA plugin and libtpu installed and JAX_PLATFORMS unset (a
+  user's shell), JAX still finds only the CPU: the compilers never become
+  the backend of a run on a machine without a GPU or TPU."""
+  _need_compilers(targets.resolve("h100"))
+  if pathlib.Path("/dev/nvidia0").exists() or pathlib.Path("/dev/accel0").exists():
+    pytest.skip("this machine has an accelerator")
+  environment = env()
+  environment.pop("JAX_PLATFORMS")
+  result = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices())"],
+                          env=environment, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.strip() == "[CpuDevice(id=0)]", result
 
 
 def test_missing_compilers_name_the_extra(monkeypatch):
