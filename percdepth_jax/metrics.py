@@ -36,6 +36,10 @@ Protocols (crops given for 480x640 as [row_start:row_stop, col_start:col_stop]):
                        prediction resized nearest-neighbour to the gt crop,
                        pixels with 1e-3 < gt < 10 m, no prediction clipping,
                        metrics per image then the mean over images.
+  full_frame           eigen's ranges on the whole frame: no crop, every
+                       pixel with 1e-3 < gt < 10 m, predictions clipped to
+                       [1e-3, 10] m, metrics per image then the mean (what a
+                       user of the depth maps sees, borders included).
 Per-image protocols skip images without an evaluated pixel (and count them
 in `num_images_skipped`). In all, pixels whose gt is <= 0 or not finite (no
 measurement) and pixels where the optional `mask` is False are never
@@ -93,6 +97,8 @@ PROTOCOLS = {
                       per_image=True),
     "big_vision": Protocol("big_vision", (54, 480, 41, 601), None, (1e-3, 10.0),
                            per_image=True, crop_before_prediction=True),
+    "full_frame": Protocol("full_frame", (0, 480, 0, 640), (1e-3, 10.0), (1e-3, 10.0),
+                           per_image=True),
 }
 
 

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from percdepth_jax.edges import EDGE_METRIC_NAMES  # noqa: E402
+from percdepth_jax.edges import EDGE_METRIC_NAMES, depth_boundary_errors  # noqa: E402
 from percdepth_jax.metrics import METRIC_NAMES  # noqa: E402
 
 # Columns of tables and the order of logged evaluation metrics.
@@ -25,7 +25,8 @@ def sample_grid(samples: Sequence[dict[str, np.ndarray]], path: str | pathlib.Pa
 
   Ground truth and prediction share one colour scale (metres, one colour
   bar); the error has its own. Holes in the ground truth are shown in grey and
-  excluded from the error.
+  excluded from the error. Beside each row: its depth-boundary errors
+  (iBims-1 dbe_acc / dbe_com in pixels, whole frame).
   """
   if not samples:
     raise ValueError("sample_grid needs at least one sample")
@@ -48,6 +49,9 @@ def sample_grid(samples: Sequence[dict[str, np.ndarray]], path: str | pathlib.Pa
     for ax in axes[row]:
       ax.set_xticks([])
       ax.set_yticks([])
+    edge_errors = depth_boundary_errors(s["depth"], s["pred"], s["valid"])
+    axes[row, 0].set_ylabel("dbe_acc {:.2f}\ndbe_com {:.2f} px".format(*edge_errors)
+                            if edge_errors else "no depth edges", fontsize=9)
   for ax, name in zip(axes[0], ("RGB", "ground truth", "prediction", "|error|")):
     ax.set_title(name)
   fig.colorbar(depth_im, ax=axes[:, 1:3], label="depth (m)", shrink=0.9)

@@ -219,10 +219,10 @@ def _densedepth_evaluate(predictions_NxHxW, depth_NxHxW, crop=(20, 459, 24, 615)
   return dict(zip(("d1", "d2", "d3", "abs_rel", "rmse", "log10"), e))
 
 
-def _bts_eval(gt_NxHxW, pred_NxHxW, min_depth=1e-3, max_depth=10.0):
+def _bts_eval(gt_NxHxW, pred_NxHxW, min_depth=1e-3, max_depth=10.0, crop=(45, 471, 41, 601)):
   """BTS's NYU evaluation (bts_eval.py): clip the prediction, 1e-3 < gt < 10,
-  Eigen crop eval_mask[45:471, 41:601], compute_errors per image, then the
-  mean of each metric."""
+  Eigen crop eval_mask[45:471, 41:601] (crop=None: the whole frame),
+  compute_errors per image, then the mean of each metric."""
   per_image = []
   for gt_depth, pred_depth in zip(gt_NxHxW, pred_NxHxW):
     pred_depth = pred_depth.copy()
@@ -232,9 +232,10 @@ def _bts_eval(gt_NxHxW, pred_NxHxW, min_depth=1e-3, max_depth=10.0):
     pred_depth[np.isnan(pred_depth)] = min_depth
     with np.errstate(invalid="ignore"):
       valid_mask = np.logical_and(gt_depth > min_depth, gt_depth < max_depth)
-    eval_mask = np.zeros(valid_mask.shape)
-    eval_mask[45:471, 41:601] = 1
-    valid_mask = np.logical_and(valid_mask, eval_mask)
+    if crop is not None:
+      eval_mask = np.zeros(valid_mask.shape)
+      eval_mask[crop[0]:crop[1], crop[2]:crop[3]] = 1
+      valid_mask = np.logical_and(valid_mask, eval_mask)
     per_image.append(_errors(gt_depth[valid_mask], pred_depth[valid_mask]))
   return {k: np.mean([m[k] for m in per_image]) for k in NAMES}
 
@@ -320,6 +321,23 @@ def test_eigen_equals_bts_eval_with_silog(kind, seed):
   expected = _bts_eval(gt, pred)
   for k in NAMES:
     np.testing.assert_allclose(actual[k], expected[k], rtol=1e-10, err_msg=k)
+
+
+def test_full_frame_is_bts_eval_without_the_crop():
+  """full_frame equals BTS's evaluation with the crop removed (every pixel
+  with 1e-3 < gt < 10 m, borders included), and differs from eigen where the
+  errors sit in the border that the Eigen crop leaves out."""
+  gt, pred = _scenes("structured", 18)
+  gt[:, 250:260, :] = 0.0
+  pred[:, :, :30] = 3.0 * gt[:, :, :30]  # a bad left border, outside the Eigen crop
+  actual = metrics.depth_metrics(gt, pred, protocol="full_frame")
+  expected = _bts_eval(gt, pred, crop=None)
+  for k in NAMES:
+    np.testing.assert_allclose(actual[k], expected[k], rtol=1e-10, err_msg=k)
+  eigen = metrics.depth_metrics(gt, pred, protocol="eigen")
+  np.testing.assert_allclose(eigen["abs_rel"], _bts_eval(gt, pred)["abs_rel"], rtol=1e-10)
+  assert actual["abs_rel"] > eigen["abs_rel"] + 0.01
+  assert metrics.crop_window(64, 96, "full_frame") == (0, 64, 0, 96)
 
 
 @pytest.mark.parametrize("kind,seed,pred_hw", [

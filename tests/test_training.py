@@ -104,6 +104,38 @@ def test_end_to_end_outputs(one_device_run, tmp_path):
   assert out.with_suffix(".png").is_file()
 
 
+def test_heldout_sets_in_the_final_report(tmp_path):
+  """config.eval.heldout: the final report gives, per held-out set, the
+  metrics that scripts/evaluate.py computes on the final checkpoint for that
+  set (eigen and full_frame), the constant baseline beside them, and their
+  mean and spread over the sets; the log prints the summary."""
+  workdir = tmp_path / "heldout"
+  result = _train(workdir, "--config.num_steps=1", "--config.eval.baseline=True",
+                  "--config.eval.heldout=synthetic:3:7,synthetic:3:8")
+  heldout = json.loads((workdir / "report.json").read_text())["heldout"]
+  assert heldout["protocols"] == ["eigen", "full_frame"]
+  assert list(heldout["sets"]) == ["synthetic:3:7", "synthetic:3:8"]
+  assert "held-out sets: synthetic:3:7, synthetic:3:8" in result.stdout
+  assert (workdir / "samples.png").is_file()
+  for spec in heldout["sets"]:
+    out = tmp_path / f"{spec.replace(':', '_')}.json"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--checkpoint",
+                    str(workdir), "--data", spec, "--height", "64", "--width", "64",
+                    "--protocol", "all", "--output", str(out)],
+                   cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300)
+    evaluated = json.loads(out.read_text())["protocols"]
+    for protocol in ("eigen", "full_frame"):
+      for k in ("d1", "abs_rel", "rmse"):
+        assert heldout["sets"][spec]["model"][protocol][k] == pytest.approx(
+            evaluated[protocol][k], rel=1e-6), (spec, protocol, k)
+    assert set(heldout["sets"][spec]["constant (train mean)"]) == {"eigen", "full_frame"}
+  for row in ("model", "constant (train mean)"):
+    values = [heldout["sets"][s][row]["full_frame"]["abs_rel"] for s in heldout["sets"]]
+    summary = heldout["summary"][row]["full_frame"]["abs_rel"]
+    assert summary["mean"] == pytest.approx(np.mean(values))
+    assert summary["std"] == pytest.approx(np.std(values))
+
+
 @pytest.mark.parametrize("num_devices", [2, 4])
 def test_losses_do_not_depend_on_device_count(one_device_run, tmp_path, num_devices):
   """The same config on 2 and 4 (fake CPU) devices gives the 1-device losses

@@ -88,6 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Depth-boundary errors (iBims-1 dbe_acc, dbe_com) in the final evaluation.
   c.eval.edges = True
   c.eval.baseline = False  # also report a constant (train mean) depth baseline
+  # Held-out sets for the final report (comma-separated data specs, e.g.
+  # synthetic rooms of seeds the settings were not tuned on): the model and,
+  # with eval.baseline, the constant baseline on each, under each protocol of
+  # eval.heldout_protocols, with the mean and spread over the sets.
+  c.eval.heldout = ""
+  c.eval.heldout_protocols = "eigen,full_frame"
 
   # Many hosts: set these, or leave them empty where the cluster environment
   # (SLURM, TPU, Open MPI...) lets jax.distributed.initialize() find them.

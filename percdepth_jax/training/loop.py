@@ -22,13 +22,14 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from percdepth_jax import evaluation, model_io, report, storage
+from percdepth_jax import metrics as metrics_lib
 from percdepth_jax.data import AugmentConfig, resolve_spec
 from percdepth_jax.data.crop import CenterCropSource, parse_size
 from percdepth_jax.data import pipeline as data_pipeline
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.models import INPUT_MULTIPLE, ModelConfig
 from percdepth_jax.storage import Checkpoints
-from percdepth_jax.training import initial_weights
+from percdepth_jax.training import heldout, initial_weights
 from percdepth_jax.training import step as step_lib
 from percdepth_jax.training.metric_logging import METRICS_FILE, MetricWriter, Progress
 
@@ -146,28 +147,19 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _constant_baseline(train_source, eval_source, config, max_examples: int = 256
-                       ) -> dict[str, float]:
+def _constant_baseline(train_source, eval_source, config) -> dict[str, float]:
   """Metrics of predicting the training set's mean depth everywhere."""
-  from percdepth_jax import metrics as metrics_lib
-  total, count = 0.0, 0
-  for i in range(min(len(train_source), max_examples)):
-    ex = train_source[i]
-    if ex is None:  # skipped as bad
-      continue
-    total += float(ex["depth"][ex["valid"]].sum())
-    count += int(ex["valid"].sum())
-  mean_depth = total / max(count, 1)
-  accumulator = metrics_lib.DepthMetricsAccumulator(config.eval.protocol)
-  n = len(eval_source) if not config.eval.max_examples else min(
-      len(eval_source), config.eval.max_examples)
-  for i in range(n):
-    ex = eval_source[i]
-    if ex is None:
-      continue
-    accumulator.update(ex["depth"][None], np.full_like(ex["depth"][None], mean_depth),
-                       mask=ex["valid"][None])
-  return {**accumulator.result(), "mean_depth": mean_depth}
+  depth = heldout.mean_train_depth(train_source)
+  result = heldout.constant_metrics(eval_source, depth, [config.eval.protocol],
+                                    max_examples=config.eval.max_examples)
+  return {**result[config.eval.protocol], "mean_depth": depth}
+
+
+def _heldout_sources(config) -> dict[str, Any]:
+  """The held-out sets of `config.eval.heldout` (comma-separated data specs),
+  opened before the workdir is touched."""
+  specs = [s.strip() for s in str(config.eval.get("heldout", "")).split(",") if s.strip()]
+  return {spec: _data_source(config, spec, "test") for spec in specs}
 
 
 def _evaluation_done(workdir: pathlib.Path, step: int, final: bool) -> bool:
@@ -210,6 +202,13 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
   model_config = initial_weights.run_model_config(config, overrides)
   train_source = _data_source(config, config.data.train, "train")
   eval_source = _data_source(config, config.data.eval, "test")
+  heldout_sources = _heldout_sources(config)
+  heldout_protocols = [p.strip() for p in str(config.eval.get(
+      "heldout_protocols", "eigen,full_frame")).split(",") if p.strip()]
+  for protocol in heldout_protocols:
+    if protocol not in metrics_lib.PROTOCOLS:
+      raise UserInputError(f"config.eval.heldout_protocols: unknown protocol {protocol!r}; "
+                           f"choose from {', '.join(metrics_lib.PROTOCOLS)}.")
   model = initial_weights.build_model(config, model_config)
   perceptual = initial_weights.build_perceptual_net(config)
   _start_run(workdir, model_config, config)
@@ -332,6 +331,22 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
   checkpoints.wait()
 
   final_metrics, samples = run_eval(step, final=True)
+  samples_title = f"{config.data.eval}, step {step}"
+  heldout_result = None
+  if heldout_sources:
+    _log(f"evaluating on {len(heldout_sources)} held-out set(s): {', '.join(heldout_sources)}")
+    eval_model = nnx.merge(graphdef, state.get("ema_params", state["params"]),
+                           state["batch_stats"])
+    heldout_result, heldout_samples = heldout.evaluate_heldout(
+        eval_model, heldout_sources, heldout_protocols,
+        baseline_depth=(heldout.mean_train_depth(train_source)
+                        if config.eval.get("baseline", False) else None),
+        flip=config.eval.flip, batch_size=config.data.eval_batch_size, sharding=batch_sharding,
+        num_samples=config.eval.num_samples)
+    if heldout_samples:
+      # The pictures show rooms the settings were not tuned on, whole frames.
+      samples, samples_title = heldout_samples, (
+          f"{next(iter(heldout_sources))} (held out), step {step}, full frames")
   checkpoints.wait()
   checkpoints.close()
   writer.close()
@@ -341,17 +356,19 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
     if config.eval.get("baseline", False):
       rows["constant (train mean)"] = _constant_baseline(train_source, eval_source, config)
     _log("\n" + report.metrics_table(rows))
+    if heldout_result is not None:
+      _log("\n" + heldout.summary_table(heldout_result))
     for split, names in skipped.items():
       if names:
         _log(f"skipped {len(names)} bad {split} example(s) (config.data.skip_bad): "
              + "; ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
     report.training_curves(workdir / METRICS_FILE, workdir / "training_curves.png")
     if samples:
-      report.sample_grid(samples, workdir / "samples.png",
-                         title=f"{config.data.eval}, step {step}")
+      report.sample_grid(samples, workdir / "samples.png", title=samples_title)
     (workdir / "report.json").write_text(json.dumps(
         {"step": step, "protocol": config.eval.protocol, "flip": config.eval.flip,
          "data": config.data.eval, **{name: r for name, r in rows.items()},
+         **({"heldout": heldout_result} if heldout_result is not None else {}),
          "skipped": skipped}, indent=2) + "\n")
     _log(f"report: {workdir / 'report.json'}, {workdir / 'training_curves.png'}, "
          f"{workdir / 'samples.png'}")
