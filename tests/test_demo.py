@@ -103,13 +103,20 @@ def page(server, browser):
 
 def _estimate(page, path, attempts=4):
   """Uploads `path` and starts the estimate. On a loaded machine a file set
-  before the page's scripts listen, or an upload request that stalls, leaves
-  the file box empty; a user would drop the file again, and so does this."""
+  before the page's scripts listen leaves the file box empty, and an upload
+  can take a while (the box then shows its progress and has no file input);
+  a user would wait, or drop the file again if the box is empty, and so does
+  this."""
   from playwright.sync_api import TimeoutError as PlaywrightTimeout
+  file_input = page.locator("#photo input[type=file]")
+  # The uploaded file's row: its download link (the name itself is drawn as
+  # separate stem and extension spans, which a text match does not see).
+  file_shown = page.locator(f'#photo a[download="{path.name}"]')
   for _ in range(attempts):
-    page.set_input_files("#photo input[type=file]", str(path))
+    if file_input.count():
+      file_input.set_input_files(str(path))
     try:
-      page.wait_for_selector("#photo :text('" + path.name + "')", timeout=30_000)
+      file_shown.wait_for(timeout=60_000)
       break
     except PlaywrightTimeout:
       continue
