@@ -3,7 +3,7 @@
   python scripts/train.py --config configs/synthetic.py --workdir workdirs/synthetic
 
 Scenes are rendered on the fly (docs/design.md, "Data"), training runs on the CPU
-in about eleven minutes on two cores, and the run ends with an evaluation on
+in about thirteen minutes on two cores, and the run ends with an evaluation on
 held-out scenes against a constant-depth baseline, a training-curve plot and a
 sample grid in the workdir.
 

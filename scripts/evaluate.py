@@ -5,9 +5,9 @@
 --checkpoint: a training workdir (latest checkpoint, or the best by d1 with
 DIR:best) or a converted model directory. --data: synthetic:N[:seed],
 folder:PATH/manifest.csv, nyu_zip:PATH/nyu_data.zip, tfds:nyu_depth_v2[:split].
---protocol: densedepth, densedepth_official, eigen, big_vision, or all (one
-pass over the data, every protocol). --edges adds iBims-1's depth-boundary
-errors (dbe_acc, dbe_com, in pixels).
+--protocol: densedepth, densedepth_official, eigen, big_vision, full_frame,
+or all (one pass over the data, every protocol). --edges adds iBims-1's
+depth-boundary errors (dbe_acc, dbe_com, in pixels).
 Writes the metrics JSON (naming protocol, data, checkpoint, step and flip
 setting) and a PNG grid of samples (RGB | ground truth | prediction | error)
 next to it. One protocol: {"protocol": NAME, ..., "metrics": {...}}; all:
