@@ -147,9 +147,8 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _constant_baseline(train_source, eval_source, config) -> dict[str, float]:
-  """Metrics of predicting the training set's mean depth everywhere."""
-  depth = heldout.mean_train_depth(train_source)
+def _constant_baseline(depth: float, eval_source, config) -> dict[str, float]:
+  """Metrics of predicting `depth` (the training set's mean) everywhere."""
   result = heldout.constant_metrics(eval_source, depth, [config.eval.protocol],
                                     max_examples=config.eval.max_examples)
   return {**result[config.eval.protocol], "mean_depth": depth}
@@ -332,6 +331,8 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
 
   final_metrics, samples = run_eval(step, final=True)
   samples_title = f"{config.data.eval}, step {step}"
+  baseline_depth = (heldout.mean_train_depth(train_source)
+                    if config.eval.get("baseline", False) else None)
   heldout_result = None
   if heldout_sources:
     _log(f"evaluating on {len(heldout_sources)} held-out set(s): {', '.join(heldout_sources)}")
@@ -339,8 +340,7 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
                            state["batch_stats"])
     heldout_result, heldout_samples = heldout.evaluate_heldout(
         eval_model, heldout_sources, heldout_protocols,
-        baseline_depth=(heldout.mean_train_depth(train_source)
-                        if config.eval.get("baseline", False) else None),
+        baseline_depth=baseline_depth,
         flip=config.eval.flip, batch_size=config.data.eval_batch_size, sharding=batch_sharding,
         num_samples=config.eval.num_samples)
     if heldout_samples:
@@ -353,8 +353,8 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
   skipped = {"train": _skipped(train_source), "eval": _skipped(eval_source)}
   if is_main:
     rows = {"model": final_metrics}
-    if config.eval.get("baseline", False):
-      rows["constant (train mean)"] = _constant_baseline(train_source, eval_source, config)
+    if baseline_depth is not None:
+      rows["constant (train mean)"] = _constant_baseline(baseline_depth, eval_source, config)
     _log("\n" + report.metrics_table(rows))
     if heldout_result is not None:
       _log("\n" + heldout.summary_table(heldout_result))
