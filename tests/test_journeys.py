@@ -201,7 +201,8 @@ def test_bring_a_pytorch_model(project, imagenet_weights, my_depth_model):
 MAIN_JOB = readme_command(
     "python scripts/train.py --config configs/synthetic.py --workdir workdirs/synthetic")
 MAIN_JOB_SMALL = (" --config.num_steps=3 --config.log_every=1 --config.data.height=64"
-                  " --config.data.width=64 --config.eval.max_examples=4")
+                  " --config.data.width=64 --config.eval.max_examples=4"
+                  " --config.eval.heldout=synthetic:4:424242,synthetic:4:777")
 
 
 @pytest.fixture(scope="module")

@@ -136,12 +136,12 @@ def test_heldout_sets_in_the_final_report(tmp_path):
     assert summary["std"] == pytest.approx(np.std(values))
 
 
-@pytest.mark.parametrize("num_devices", [2, 4])
-def test_losses_do_not_depend_on_device_count(one_device_run, tmp_path, num_devices):
-  """The same config on 2 and 4 (fake CPU) devices gives the 1-device losses
-  (relative 1e-4): batch sharding and BatchNorm over the global batch."""
-  workdir = tmp_path / f"devices{num_devices}"
-  _train(workdir, "--config.num_steps=3", num_devices=num_devices)
+def test_losses_do_not_depend_on_device_count(one_device_run, tmp_path):
+  """The same config on 4 (fake CPU) devices, one image each, gives the
+  1-device losses (relative 1e-4): batch sharding, and BatchNorm statistics
+  over the global batch rather than each device's single image."""
+  workdir = tmp_path / "devices4"
+  _train(workdir, "--config.num_steps=3", num_devices=4)
   np.testing.assert_allclose(_losses(workdir), _losses(one_device_run), rtol=1e-4)
 
 

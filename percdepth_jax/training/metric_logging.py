@@ -6,6 +6,7 @@ import json
 import pathlib
 import sys
 import time
+import types
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
@@ -33,8 +34,7 @@ class MetricWriter:
       self.path.write_text("".join(line + "\n" for line in kept))
     elif resume_step is None and self.path.exists():
       self.path.unlink()
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-    self._tb = EventFileWriter(str(pathlib.Path(workdir) / "tensorboard"))
+    self._tb = _event_file_writer(pathlib.Path(workdir) / "tensorboard")
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     if not self.enabled:
@@ -53,6 +53,20 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _event_file_writer(logdir: pathlib.Path):
+  """TensorBoard's event file writer on its own TensorFlow-free file layer.
+
+  Where TensorFlow is installed, the writer imports it for `tf.io.gfile`
+  (two seconds and TensorFlow's start-up log lines in every training run);
+  its stub writes the same files to local paths. The marker module
+  `tensorboard.compat.notf` is how TensorBoard's no-TensorFlow build selects
+  the stub; it is set only if nothing has resolved TensorBoard's `tf` yet.
+  """
+  sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+  from tensorboard.summary.writer.event_file_writer import EventFileWriter
+  return EventFileWriter(str(logdir))
 
 
 def _plain(value: Any) -> Any:
