@@ -11,6 +11,11 @@ padding) the fastest way the backend allows, with the same values:
 - everything else (the RGB stems, everything on GPUs and TPUs) as
   `lax.conv`.
 
+Opt-in (`PERCDEPTH_ONEDNN=1` in the environment, or `onednn_kernels(True)`):
+the 3x3 float32 convolutions of training take their forward pass and both
+gradients from oneDNN through XLA FFI custom calls (`onednn.py`; CPU
+backend only, with the CPU kernels switched on; docs/benchmarks.md).
+
 The same switch selects `cpu_layer_grads`' max pool and resize in
 `layers.py`. These kernels are `jax.custom_vjp`s (reverse mode only) and
 are on by default when JAX's default backend is the CPU.
@@ -23,14 +28,16 @@ keep the setting they were traced with.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 
-from percdepth_jax.models import cpu_conv_grads
+from percdepth_jax.models import cpu_conv_grads, onednn
 
 _cpu_gradient_kernels: bool | None = None  # None: on when the backend is the CPU
+_onednn_kernels: bool = os.environ.get("PERCDEPTH_ONEDNN", "0") == "1"
 
 
 def cpu_gradient_kernels_enabled() -> bool:
@@ -51,6 +58,18 @@ def cpu_gradient_kernels(enabled: bool) -> Iterator[None]:
     _cpu_gradient_kernels = previous
 
 
+@contextlib.contextmanager
+def onednn_kernels(enabled: bool) -> Iterator[None]:
+  """Within the block, trace 3x3 float32 convolutions with (True) or
+  without (False) the oneDNN kernels (where they are built)."""
+  global _onednn_kernels
+  previous, _onednn_kernels = _onednn_kernels, enabled
+  try:
+    yield
+  finally:
+    _onednn_kernels = previous
+
+
 def conv2d(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int = 1,
            padding: int = 0) -> jax.Array:
   """PyTorch's `F.conv2d(x, w, stride=stride, padding=padding)` in NHWC."""
@@ -61,6 +80,10 @@ def conv2d(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int = 1,
     if cpu_gradient_kernels_enabled():
       return cpu_conv_grads.conv1x1(x_BxHxWxC, kernel_KxKxCxD[0, 0])
     return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_KxKxCxD[0, 0])
+  if (_onednn_kernels and size == 3 and x_BxHxWxC.dtype == jnp.float32
+      and kernel_KxKxCxD.dtype == jnp.float32 and cpu_gradient_kernels_enabled()
+      and onednn.available()):
+    return cpu_conv_grads.onednn_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
   # The 7x7 RGB stems keep XLA's gradient: an im2col weight gradient was
   # faster only below ~20,000 output pixels (docs/benchmarks.md).
   if cpu_gradient_kernels_enabled() and size == 3 and stride == 1 and padding == 1:

@@ -11,6 +11,9 @@ gradient of each DenseNet bottleneck transposed in memory, inside the fusion
 of the BatchNorm backward, several times slower than a plain `dot_general`
 of the two row-major operands.
 
+`onednn_conv` (opt-in, `models/convolution.py`) goes further: under
+differentiation all three passes are oneDNN's, through XLA FFI custom calls.
+
 They support reverse-mode differentiation only (a custom_vjp has no forward
 mode), so `models/convolution.py` uses them on the CPU backend alone and lets
 them be switched off; other backends keep their own (cuDNN's) gradients.
@@ -18,8 +21,12 @@ them be switched off; other backends keep their own (cuDNN's) gradients.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from percdepth_jax.models import onednn
 
 
 def lax_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
@@ -99,3 +106,26 @@ def _conv1x1_bwd(residuals, dy):
 
 
 conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def onednn_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
+                padding: int) -> jax.Array:
+  """PyTorch's conv2d, float32; under differentiation its forward pass,
+  input gradient and weight gradient are oneDNN's (`onednn.py`). Outside
+  differentiation (inference) it is XLA's convolution."""
+  return lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
+
+
+def _onednn_fwd(x, kernel, stride, padding):
+  return onednn.conv_forward(x, kernel, stride, padding), (x, kernel)
+
+
+def _onednn_bwd(stride, padding, residuals, dy):
+  x, kernel = residuals
+  dx = onednn.conv_input_grad(dy, kernel, x.shape, stride, padding)
+  dk = onednn.conv_weight_grad(x, dy, kernel.shape[0], stride, padding)
+  return dx, dk
+
+
+onednn_conv.defvjp(_onednn_fwd, _onednn_bwd)

@@ -1,0 +1,148 @@
+"""oneDNN convolution kernels on the CPU backend, as XLA FFI custom calls.
+
+XLA:CPU has no direct kernel for a convolution's weight gradient: it runs a
+convolution whose window is the whole feature map, or (our
+`cpu_conv_grads`) a matrix product over nine shifted copies of the output
+gradient that must first be written to memory. oneDNN's backward-weights
+primitive reads the activations in place, and its forward and
+backward-data primitives beat XLA's on the decoder's 3x3 convolutions
+(docs/benchmarks.md). `onednn_conv.cc` wraps the three as XLA FFI handlers
+(primitives cached per shape, a scratchpad per call so that XLA may run
+several at once). This module compiles that file once per machine with g++
+against the `onednn-cpu-gomp` wheels (dependencies of the package on Linux
+x86-64), keeps the library under `~/.cache/percdepth_jax` (or
+`$PERCDEPTH_KERNEL_CACHE`), keyed by the source, jaxlib and oneDNN, and
+registers it with JAX. Where it cannot be built (no compiler, another
+platform, no oneDNN) it logs why once, `available()` is False, and
+`models/convolution.py` keeps its pure-JAX kernels, which compute the same
+values. The kernels are opt-in: `PERCDEPTH_ONEDNN=1` or
+`convolution.onednn_kernels(True)`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+_SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+_WEIGHT_GRAD = "percdepth_onednn_conv_weight_grad"
+_INPUT_GRAD = "percdepth_onednn_conv_input_grad"
+_FORWARD = "percdepth_onednn_conv_forward"
+_log = logging.getLogger(__name__)
+
+
+def _cache_dir() -> pathlib.Path:
+  if "PERCDEPTH_KERNEL_CACHE" in os.environ:
+    return pathlib.Path(os.environ["PERCDEPTH_KERNEL_CACHE"])
+  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(base) / "percdepth_jax"
+
+
+def _onednn_paths() -> tuple[pathlib.Path, pathlib.Path]:
+  """(include dir, lib dir) of the oneDNN wheels in this environment."""
+  prefix = pathlib.Path(sys.prefix)
+  include, lib = prefix / "include", prefix / "lib"
+  if not (include / "oneapi" / "dnnl" / "dnnl.hpp").is_file():
+    raise RuntimeError(f"no oneDNN headers under {include} "
+                       "(pip install onednn-devel-cpu-gomp==2023.2.0)")
+  if not (lib / "libdnnl.so").exists():
+    raise RuntimeError(f"no libdnnl.so under {lib} (pip install onednn-cpu-gomp==2023.2.0)")
+  return include, lib
+
+
+def _build() -> pathlib.Path:
+  """The shared library for this source, jaxlib and oneDNN, built if missing."""
+  if sys.platform != "linux" or platform.machine() != "x86_64":
+    raise RuntimeError(f"built for Linux x86-64 only, not {sys.platform} {platform.machine()}")
+  compiler = os.environ.get("CXX") or shutil.which("g++")
+  if not compiler:
+    raise RuntimeError("no C++ compiler (g++ or $CXX) found")
+  include, lib = _onednn_paths()
+  key = hashlib.sha256(_SOURCE.read_bytes() + jaxlib.__version__.encode()
+                       + str(lib.resolve()).encode()).hexdigest()[:16]
+  target = _cache_dir() / f"onednn_conv-{key}.so"
+  if target.is_file():
+    return target
+  target.parent.mkdir(parents=True, exist_ok=True)
+  # Build beside the target and rename: processes that build at the same
+  # time (test workers, hosts sharing a home) never load a half-written file.
+  fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+  os.close(fd)
+  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+             f"-I{jax.ffi.include_dir()}", f"-I{include}", str(_SOURCE), "-o", partial,
+             f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"]
+  print(f"compiling the oneDNN convolution kernels into {target} (once per machine)",
+        file=sys.stderr, flush=True)
+  try:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+      raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    os.replace(partial, target)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+  return target
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the oneDNN kernels are built and registered (tried once)."""
+  try:
+    _register(_build())
+  except (RuntimeError, OSError) as error:
+    _log.warning("oneDNN convolution kernels unavailable, using the pure-JAX ones: %s", error)
+    return False
+  return True
+
+
+@functools.cache
+def _register(path: pathlib.Path) -> None:
+  """Loads the library and registers its handlers with XLA (once per path)."""
+  library = ctypes.CDLL(str(path))
+  for name, symbol in ((_WEIGHT_GRAD, library.PercdepthConvWeightGrad),
+                       (_INPUT_GRAD, library.PercdepthConvInputGrad),
+                       (_FORWARD, library.PercdepthConvForward)):
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+
+
+def conv_weight_grad(x_BxHxWxC: jax.Array, dy_BxHoxWoxD: jax.Array, size: int, stride: int,
+                     padding: int) -> jax.Array:
+  """The weight gradient (size x size x C x D, HWIO) of PyTorch's conv2d
+  with symmetric zero padding, float32; needs `available()`."""
+  c, d = x_BxHxWxC.shape[-1], dy_BxHoxWoxD.shape[-1]
+  call = jax.ffi.ffi_call(_WEIGHT_GRAD, jax.ShapeDtypeStruct((size, size, c, d), jnp.float32))
+  return call(x_BxHxWxC.astype(jnp.float32), dy_BxHoxWoxD.astype(jnp.float32),
+              stride=np.int64(stride), padding=np.int64(padding))
+
+
+def conv_input_grad(dy_BxHoxWoxD: jax.Array, kernel_KxKxCxD: jax.Array, input_shape,
+                    stride: int, padding: int) -> jax.Array:
+  """The input gradient (input_shape, NHWC) of PyTorch's conv2d, float32."""
+  call = jax.ffi.ffi_call(_INPUT_GRAD, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+  return call(dy_BxHoxWoxD.astype(jnp.float32), kernel_KxKxCxD.astype(jnp.float32),
+              stride=np.int64(stride), padding=np.int64(padding))
+
+
+def conv_forward(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
+                 padding: int) -> jax.Array:
+  """PyTorch's conv2d (NHWC, HWIO, symmetric zero padding), float32."""
+  b, h, w, _ = x_BxHxWxC.shape
+  k, d = kernel_KxKxCxD.shape[0], kernel_KxKxCxD.shape[-1]
+  shape = (b, (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1, d)
+  call = jax.ffi.ffi_call(_FORWARD, jax.ShapeDtypeStruct(shape, jnp.float32))
+  return call(x_BxHxWxC.astype(jnp.float32), kernel_KxKxCxD.astype(jnp.float32),
+              stride=np.int64(stride), padding=np.int64(padding))

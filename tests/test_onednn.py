@@ -1,0 +1,155 @@
+"""The oneDNN convolution kernels (XLA FFI custom calls on the CPU backend)
+against XLA's own convolution and its autodiff gradients: odd sizes, batch
+1, strides 1 and 2, the RGB stem's 7x7, inputs that are slices and
+transposes of other arrays, and many calls running concurrently in one
+jitted program (oneDNN's scratchpad must be per call)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from percdepth_jax.models import cpu_conv_grads, onednn
+from tests.helpers import relative_max_error
+
+# CI sets PERCDEPTH_REQUIRE_ONEDNN=1: there a machine that cannot build the
+# kernels fails these tests instead of skipping them.
+needs_onednn = pytest.mark.skipif(
+    not onednn.available() and not os.environ.get("PERCDEPTH_REQUIRE_ONEDNN"),
+    reason="oneDNN kernels not built on this machine (no g++ or no oneDNN wheels)")
+
+CASES = [  # batch, height, width, in, out, kernel, stride, padding
+    (1, 7, 9, 5, 3, 3, 1, 1),
+    (2, 16, 20, 32, 8, 3, 1, 1),
+    (2, 15, 11, 6, 4, 3, 2, 1),
+    (1, 33, 31, 3, 16, 7, 2, 3),
+    (2, 9, 9, 8, 8, 1, 1, 0),
+    (1, 10, 12, 7, 5, 1, 2, 0),  # stride 2 that leaves the last row and column out
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_kernels_match_xla(case):
+  """Forward, input gradient and weight gradient each equal XLA's to
+  float32 rounding (relative max error <= 1e-5)."""
+  b, h, w, c, d, k, stride, padding = case
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(b, h, w, c), jnp.float32)
+  kernel = jnp.asarray(rng.randn(k, k, c, d), jnp.float32)
+  y_ref, vjp = jax.vjp(lambda x, k: cpu_conv_grads.lax_conv(x, k, stride, padding), x, kernel)
+  dy = jnp.asarray(rng.randn(*y_ref.shape), jnp.float32)
+  dx_ref, dk_ref = vjp(dy)
+
+  @jax.jit
+  def kernels(x, kernel, dy):
+    return (onednn.conv_forward(x, kernel, stride, padding),
+            onednn.conv_input_grad(dy, kernel, x.shape, stride, padding),
+            onednn.conv_weight_grad(x, dy, k, stride, padding))
+
+  y, dx, dk = kernels(x, kernel, dy)
+  assert relative_max_error(np.asarray(y), np.asarray(y_ref)) <= 1e-5
+  assert relative_max_error(np.asarray(dx), np.asarray(dx_ref)) <= 1e-5
+  assert relative_max_error(np.asarray(dk), np.asarray(dk_ref)) <= 1e-5
+
+
+@needs_onednn
+def test_sliced_and_transposed_operands():
+  """Operands that are strided slices and transposes of other arrays (XLA
+  hands the custom call dense row-major copies): same weight gradient as
+  XLA's."""
+  rng = np.random.RandomState(1)
+  big = jnp.asarray(rng.randn(2, 24, 30, 10), jnp.float32)
+  kernel = jnp.asarray(rng.randn(3, 3, 5, 4), jnp.float32)
+
+  def operands(big):
+    x = jnp.transpose(big[:, ::2, 1::2, ::2], (0, 2, 1, 3))  # 2 x 15 x 12 x 5
+    return x, jnp.tanh(x[..., :4]) * 3.0
+
+  def ours(big):
+    x, dy = operands(big)
+    return onednn.conv_weight_grad(x, dy, 3, 1, 1)
+
+  def xla(big):
+    x, dy = operands(big)
+    _, vjp = jax.vjp(lambda k: cpu_conv_grads.lax_conv(x, k, 1, 1), kernel)
+    return vjp(dy)[0]
+
+  assert relative_max_error(np.asarray(jax.jit(ours)(big)),
+                            np.asarray(jax.jit(xla)(big))) <= 1e-5
+
+
+@needs_onednn
+def test_many_concurrent_calls_in_one_program():
+  """Sixteen independent weight gradients in one jitted program (XLA runs
+  them side by side): each equals its own XLA gradient."""
+  rng = np.random.RandomState(2)
+  xs = [jnp.asarray(rng.randn(2, 24, 20, 16 + i), jnp.float32) for i in range(16)]
+  dys = [jnp.asarray(rng.randn(2, 24, 20, 8), jnp.float32) for _ in range(16)]
+  got = jax.jit(lambda xs, dys: [onednn.conv_weight_grad(x, dy, 3, 1, 1)
+                                 for x, dy in zip(xs, dys)])(xs, dys)
+  for g, x, dy in zip(got, xs, dys):
+    assert relative_max_error(np.asarray(g),
+                              np.asarray(cpu_conv_grads._conv3x3_kernel_grad(x, dy))) <= 1e-5
+
+
+@needs_onednn
+def test_depth_net_gradients_with_the_switch_on():
+  """The toy depth network's training loss and every parameter gradient
+  with `onednn_kernels(True)` (its 3x3 convolutions through oneDNN) equal
+  the default path's: float32 rounding only (relative error of the whole
+  gradient vector <= 1e-5), and the switch does change the program (the
+  custom call is in the jaxpr)."""
+  from flax import nnx
+
+  from percdepth_jax.models import DepthNet, ModelConfig, convolution
+
+  model = DepthNet(ModelConfig(encoder="densenet_tiny"), rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  image = jnp.asarray(np.random.RandomState(3).rand(2, 64, 96, 3), jnp.float32)
+
+  def loss(params):
+    return jnp.mean(nnx.merge(graphdef, params, rest, copy=True)(image) ** 2)
+
+  def gradients(enabled):
+    with convolution.onednn_kernels(enabled):
+      fn = jax.jit(jax.value_and_grad(loss))
+      text = str(jax.make_jaxpr(jax.value_and_grad(loss))(params))
+      return fn(params), text
+
+  (loss_on, grads_on), text_on = gradients(True)
+  (loss_off, grads_off), text_off = gradients(False)
+  assert "percdepth_onednn_conv_weight_grad" in text_on
+  assert "percdepth_onednn" not in text_off
+  np.testing.assert_allclose(loss_on, loss_off, rtol=1e-6)
+  on = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads_on)])
+  off = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads_off)])
+  assert np.linalg.norm(on - off) <= 1e-5 * np.linalg.norm(off)
+
+
+def test_unbuildable_kernels_fall_back_with_one_message(monkeypatch, tmp_path, caplog):
+  """No compiler (CXX names a file that does not exist): one warning naming
+  the compiler, `available()` False, and the switch traces the pure-JAX
+  kernels instead of failing."""
+  from percdepth_jax.models import convolution
+
+  monkeypatch.setenv("PERCDEPTH_KERNEL_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))
+  onednn.available.cache_clear()
+  try:
+    with caplog.at_level(logging.WARNING, logger=onednn.__name__):
+      assert not onednn.available() and not onednn.available()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "no-compiler" in messages[0], messages
+    x = jnp.ones((1, 8, 8, 4), jnp.float32)
+    kernel = jnp.ones((3, 3, 4, 2), jnp.float32)
+    with convolution.onednn_kernels(True):
+      text = str(jax.make_jaxpr(jax.grad(lambda k: convolution.conv2d(x, k, 1, 1).sum()))(kernel))
+    assert "percdepth_onednn" not in text
+  finally:
+    onednn.available.cache_clear()
