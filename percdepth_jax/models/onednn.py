@@ -119,10 +119,30 @@ def _register(path: pathlib.Path) -> None:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
 
 
+def _output_size(n: int, size: int, stride: int, padding: int) -> int:
+  return (n + 2 * padding - size) // stride + 1
+
+
+def _covered_size(n: int, size: int, stride: int, padding: int) -> int:
+  """How many of n input rows (columns) the windows reach: fewer where a
+  stride leaves the last ones out (PyTorch skips them)."""
+  return min(n, (_output_size(n, size, stride, padding) - 1) * stride + size - padding)
+
+
+def _covered(x_BxHxWxC: jax.Array, size: int, stride: int, padding: int) -> jax.Array:
+  """x without the bottom rows and right columns that no window reaches:
+  oneDNN's primitives describe them with a negative right padding, on
+  which its backward-weights primitive writes out of bounds."""
+  _, h, w, _ = x_BxHxWxC.shape
+  return x_BxHxWxC[:, :_covered_size(h, size, stride, padding),
+                   :_covered_size(w, size, stride, padding), :]
+
+
 def conv_weight_grad(x_BxHxWxC: jax.Array, dy_BxHoxWoxD: jax.Array, size: int, stride: int,
                      padding: int) -> jax.Array:
   """The weight gradient (size x size x C x D, HWIO) of PyTorch's conv2d
   with symmetric zero padding, float32; needs `available()`."""
+  x_BxHxWxC = _covered(x_BxHxWxC, size, stride, padding)
   c, d = x_BxHxWxC.shape[-1], dy_BxHoxWoxD.shape[-1]
   call = jax.ffi.ffi_call(_WEIGHT_GRAD, jax.ShapeDtypeStruct((size, size, c, d), jnp.float32))
   return call(x_BxHxWxC.astype(jnp.float32), dy_BxHoxWoxD.astype(jnp.float32),
@@ -132,9 +152,15 @@ def conv_weight_grad(x_BxHxWxC: jax.Array, dy_BxHoxWoxD: jax.Array, size: int, s
 def conv_input_grad(dy_BxHoxWoxD: jax.Array, kernel_KxKxCxD: jax.Array, input_shape,
                     stride: int, padding: int) -> jax.Array:
   """The input gradient (input_shape, NHWC) of PyTorch's conv2d, float32."""
-  call = jax.ffi.ffi_call(_INPUT_GRAD, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
-  return call(dy_BxHoxWoxD.astype(jnp.float32), kernel_KxKxCxD.astype(jnp.float32),
-              stride=np.int64(stride), padding=np.int64(padding))
+  b, h, w, c = input_shape
+  size = kernel_KxKxCxD.shape[0]
+  covered = (b, _covered_size(h, size, stride, padding),
+             _covered_size(w, size, stride, padding), c)
+  call = jax.ffi.ffi_call(_INPUT_GRAD, jax.ShapeDtypeStruct(covered, jnp.float32))
+  dx = call(dy_BxHoxWoxD.astype(jnp.float32), kernel_KxKxCxD.astype(jnp.float32),
+            stride=np.int64(stride), padding=np.int64(padding))
+  # Rows and columns that no window reaches get no gradient.
+  return jnp.pad(dx, ((0, 0), (0, h - covered[1]), (0, w - covered[2]), (0, 0)))
 
 
 def conv_forward(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
@@ -142,7 +168,8 @@ def conv_forward(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
   """PyTorch's conv2d (NHWC, HWIO, symmetric zero padding), float32."""
   b, h, w, _ = x_BxHxWxC.shape
   k, d = kernel_KxKxCxD.shape[0], kernel_KxKxCxD.shape[-1]
-  shape = (b, (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1, d)
+  shape = (b, _output_size(h, k, stride, padding), _output_size(w, k, stride, padding), d)
+  x_BxHxWxC = _covered(x_BxHxWxC, k, stride, padding)
   call = jax.ffi.ffi_call(_FORWARD, jax.ShapeDtypeStruct(shape, jnp.float32))
   return call(x_BxHxWxC.astype(jnp.float32), kernel_KxKxCxD.astype(jnp.float32),
               stride=np.int64(stride), padding=np.int64(padding))

@@ -51,8 +51,8 @@ WeightGrad& WeightGradFor(const Key& key) {
   memory::desc src({b, c, h, w}, f32, tag::nhwc);
   memory::desc dst({b, d, ho, wo}, f32, tag::nhwc);
   memory::desc weights_any({d, c, k, k}, f32, tag::any);
-  // The right padding that makes the output exactly ho x wo (negative where
-  // the last rows/columns are in no window, as PyTorch's stride-2 case).
+  // The right padding that makes the output exactly ho x wo (onednn.py
+  // crops rows that no window reaches, so it is never negative).
   memory::dims strides{stride, stride}, padding{pad, pad},
       padding_r{(ho - 1) * stride + k - h - pad, (wo - 1) * stride + k - w - pad};
   dnnl::primitive_attr attr;
@@ -135,8 +135,8 @@ DataPass& DataPassFor(int kind, const Key& key) {
   memory::desc src({b, c, h, w}, f32, tag::nhwc);
   memory::desc dst({b, d, ho, wo}, f32, tag::nhwc);
   memory::desc weights_any({d, c, k, k}, f32, tag::any);
-  // The right padding that makes the output exactly ho x wo (negative where
-  // the last rows/columns are in no window, as PyTorch's stride-2 case).
+  // The right padding that makes the output exactly ho x wo (onednn.py
+  // crops rows that no window reaches, so it is never negative).
   memory::dims strides{stride, stride}, padding{pad, pad},
       padding_r{(ho - 1) * stride + k - h - pad, (wo - 1) * stride + k - w - pad};
   dnnl::primitive_attr attr;
@@ -214,31 +214,18 @@ ffi::Error ConvInputGradImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   return DataPassImpl(1, dy, w, dx, stride, padding);
 }
 
+// Every handler: two float32 operands, one float32 result, stride, padding.
+auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("stride")
+      .Attr<int64_t>("padding");
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    PercdepthConvWeightGrad, ConvWeightGradImpl,
-    ffi::Ffi::Bind()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>()
-        .Attr<int64_t>("stride")
-        .Attr<int64_t>("padding"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    PercdepthConvForward, ConvForwardImpl,
-    ffi::Ffi::Bind()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>()
-        .Attr<int64_t>("stride")
-        .Attr<int64_t>("padding"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    PercdepthConvInputGrad, ConvInputGradImpl,
-    ffi::Ffi::Bind()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>()
-        .Attr<int64_t>("stride")
-        .Attr<int64_t>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvWeightGrad, ConvWeightGradImpl, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvForward, ConvForwardImpl, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvInputGrad, ConvInputGradImpl, ConvBinding());
