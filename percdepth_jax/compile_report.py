@@ -45,7 +45,11 @@ CPU_KERNEL_FUNCTIONS = (
     "conv1x1", "_conv1x1_fwd", "_conv1x1_bwd",
     "_max_pool_fwd", "_max_pool_bwd",
     "_resize_axis", "_resize_axis_fwd", "_resize_axis_vjp_fwd", "_resize_axis_vjp_bwd",
-    "_resize_taps")
+    "_resize_taps",
+    "onednn_conv", "_onednn_fwd", "_onednn_bwd")
+# The oneDNN kernels' XLA FFI targets (models/onednn.py), registered for the
+# CPU only.
+ONEDNN_CALL = re.compile(r'(?:custom_call_target="|custom_call @)(percdepth_onednn_\w+)')
 CUDNN_KINDS = {"__cudnn$convForward": "forward",
                "__cudnn$convBiasActivationForward": "forward",
                "__cudnn$convBackwardInput": "backward-input",
@@ -190,12 +194,15 @@ def kernel_counts(hlo_text: str) -> dict[str, int]:
 def cpu_only_pieces(hlo_text: str, lowered_text: str, platform: str) -> list[str]:
   """CPU-only pieces of an accelerator program: the CPU gradient kernels (ops
   traced inside their functions, found by name in the lowered program's
-  source locations), host callbacks, and on GPUs convolutions left to XLA's
+  source locations), the oneDNN custom calls, host callbacks, and on GPUs convolutions left to XLA's
   generic emitter instead of cuDNN."""
   found = []
   kernels = sorted(set(re.findall(r'"(\w+)"\(', lowered_text)) & set(CPU_KERNEL_FUNCTIONS))
   if kernels:
     found.append(f"CPU gradient kernels ({', '.join(kernels)})")
+  onednn_calls = ONEDNN_CALL.findall(hlo_text) + ONEDNN_CALL.findall(lowered_text)
+  if onednn_calls:
+    found.append(f"oneDNN CPU custom calls ({', '.join(sorted(set(onednn_calls)))})")
   callbacks = HOST_CALLBACK.findall(hlo_text)
   if callbacks:
     found.append(f"{len(callbacks)} host callback(s): {sorted(set(callbacks))}")

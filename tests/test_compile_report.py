@@ -24,7 +24,7 @@ import pytest
 from percdepth_jax import compile_report, targets
 from percdepth_jax.models import convolution
 from percdepth_jax.training import initial_weights
-from tests.helpers import REPO, env, run
+from tests.helpers import REPO, env, needs_onednn, run
 from tests.test_journeys import readme_command
 
 
@@ -87,7 +87,7 @@ def test_the_guard_catches_cpu_gradient_kernels(h100):
     step = jax.jit(lambda *a: programs.train_fn(*a))
     return step.trace(*args).lower().as_text(debug_info=True)
 
-  with convolution.cpu_gradient_kernels(True):
+  with convolution.cpu_gradient_kernels(True), convolution.onednn_kernels(False):
     cpu_traced = lowered_text()
   with convolution.cpu_gradient_kernels(False):
     accelerator = lowered_text()
@@ -98,6 +98,23 @@ def test_the_guard_catches_cpu_gradient_kernels(h100):
   assert "host callback" in compile_report.cpu_only_pieces(callback, accelerator, "cuda")[0]
   plain = "%c = f32[1,8,8,4]{3,2,1,0} convolution(%a, %b)"
   assert "not on cuDNN" in compile_report.cpu_only_pieces(plain, accelerator, "cuda")[0]
+
+
+@needs_onednn
+def test_the_guard_catches_onednn_custom_calls(h100):
+  """A CPU run's default trace, with the 3x3 convolutions on oneDNN's FFI
+  custom calls (registered for the CPU only), is flagged by function and by
+  custom-call target."""
+  target, programs = h100
+  args = programs.train_args(4)
+  with convolution.cpu_gradient_kernels(True), convolution.onednn_kernels(True):
+    step = jax.jit(lambda *a: programs.train_fn(*a))
+    lowered = step.trace(*args).lower().as_text(debug_info=True)
+  found = compile_report.cpu_only_pieces("", lowered, "cuda")
+  assert len(found) == 2
+  assert "_onednn_fwd" in found[0] and "_max_pool_fwd" in found[0]
+  assert all(f"percdepth_onednn_conv_{kind}" in found[1]
+             for kind in ("forward", "input_grad", "weight_grad"))
 
 
 def test_eight_h100s_split_the_batch_and_all_reduce():

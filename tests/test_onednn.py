@@ -7,7 +7,8 @@ jitted program (oneDNN's scratchpad must be per call)."""
 from __future__ import annotations
 
 import logging
-import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +16,7 @@ import numpy as np
 import pytest
 
 from percdepth_jax.models import cpu_conv_grads, onednn
-from tests.helpers import relative_max_error
-
-# CI sets PERCDEPTH_REQUIRE_ONEDNN=1: there a machine that cannot build the
-# kernels fails these tests instead of skipping them.
-needs_onednn = pytest.mark.skipif(
-    not onednn.available() and not os.environ.get("PERCDEPTH_REQUIRE_ONEDNN"),
-    reason="oneDNN kernels not built on this machine (no g++ or no oneDNN wheels)")
+from tests.helpers import REPO, env, needs_onednn, relative_max_error
 
 CASES = [  # batch, height, width, in, out, kernel, stride, padding
     (1, 7, 9, 5, 3, 3, 1, 1),
@@ -153,3 +148,25 @@ def test_unbuildable_kernels_fall_back_with_one_message(monkeypatch, tmp_path, c
     assert "percdepth_onednn" not in text
   finally:
     onednn.available.cache_clear()
+
+
+@needs_onednn
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_on_by_default_and_off_by_environment(setting):
+  """A fresh process traces a training gradient with the oneDNN custom
+  calls unless PERCDEPTH_ONEDNN=0 is set."""
+  environment = env()
+  environment.pop("PERCDEPTH_ONEDNN", None)
+  if setting is not None:
+    environment["PERCDEPTH_ONEDNN"] = setting
+  program = ("import jax, jax.numpy as jnp\n"
+             "from percdepth_jax.models import convolution\n"
+             "x = jnp.ones((1, 8, 8, 4), jnp.float32)\n"
+             "grad = jax.grad(lambda k: convolution.conv2d(x, k, 1, 1).sum())\n"
+             "print('oneDNN' if 'percdepth_onednn' in str(jax.make_jaxpr(grad)("
+             "jnp.ones((3, 3, 4, 2), jnp.float32))) else 'pure JAX')\n")
+  result = subprocess.run([sys.executable, "-c", program], env=environment, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  expected = "pure JAX" if setting == "0" else "oneDNN"
+  assert result.stdout.strip().splitlines()[-1] == expected, result.stdout

@@ -11,10 +11,11 @@ padding) the fastest way the backend allows, with the same values:
 - everything else (the RGB stems, everything on GPUs and TPUs) as
   `lax.conv`.
 
-Opt-in (`PERCDEPTH_ONEDNN=1` in the environment, or `onednn_kernels(True)`):
-the 3x3 float32 convolutions of training take their forward pass and both
-gradients from oneDNN through XLA FFI custom calls (`onednn.py`; CPU
-backend only, with the CPU kernels switched on; docs/benchmarks.md).
+With the CPU kernels on, the 3x3 float32 convolutions of training take
+their forward pass and both gradients from oneDNN through XLA FFI custom
+calls where those are built (`onednn.py`; docs/benchmarks.md). They are on
+by default; `PERCDEPTH_ONEDNN=0` in the environment or
+`onednn_kernels(False)` keeps the pure-JAX kernels.
 
 The same switch selects `cpu_layer_grads`' max pool and resize in
 `layers.py`. These kernels are `jax.custom_vjp`s (reverse mode only) and
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 from percdepth_jax.models import cpu_conv_grads, onednn
 
 _cpu_gradient_kernels: bool | None = None  # None: on when the backend is the CPU
-_onednn_kernels: bool = os.environ.get("PERCDEPTH_ONEDNN", "0") == "1"
+_onednn_kernels: bool = os.environ.get("PERCDEPTH_ONEDNN", "1") != "0"
 
 
 def cpu_gradient_kernels_enabled() -> bool:

@@ -11,7 +11,7 @@ gradient of each DenseNet bottleneck transposed in memory, inside the fusion
 of the BatchNorm backward, several times slower than a plain `dot_general`
 of the two row-major operands.
 
-`onednn_conv` (opt-in, `models/convolution.py`) goes further: under
+`onednn_conv` (`models/convolution.py` uses it where oneDNN is built) goes further: under
 differentiation all three passes are oneDNN's, through XLA FFI custom calls.
 
 They support reverse-mode differentiation only (a custom_vjp has no forward

@@ -15,8 +15,8 @@ x86-64), keeps the library under `~/.cache/percdepth_jax` (or
 registers it with JAX. Where it cannot be built (no compiler, another
 platform, no oneDNN) it logs why once, `available()` is False, and
 `models/convolution.py` keeps its pure-JAX kernels, which compute the same
-values. The kernels are opt-in: `PERCDEPTH_ONEDNN=1` or
-`convolution.onednn_kernels(True)`.
+values. The kernels are on by default; `PERCDEPTH_ONEDNN=0` or
+`convolution.onednn_kernels(False)` switches them off.
 """
 
 from __future__ import annotations
