@@ -72,3 +72,25 @@ def test_benchmark_separate_processes(tmp_path):
   assert entry["pytorch"]["flops_per_step"] == entry["jax"]["flops_per_step"] > 0
   assert entry["jax_over_pytorch"] == pytest.approx(
       entry["pytorch"]["ms_per_step_median"] / entry["jax"]["ms_per_step_median"])
+
+
+def test_flop_count_includes_the_work_of_the_cpu_kernels():
+  """The FLOPs credited to a training step count the arithmetic, whichever
+  kernels run it: for the gradient of sum(conv3x3(x, k)) (padding 1) the
+  input and weight gradients each take 2*B*C*D*(3H-2)*(3W-2) FLOPs, the
+  multiply-adds that do not fall on padding (the forward pass is not needed).
+  XLA's analysis of the compiled program cannot see inside the oneDNN
+  custom calls that the CPU runs by default."""
+  import jax
+  import jax.numpy as jnp
+
+  from percdepth_jax import benchmarking
+  from percdepth_jax.models import convolution
+
+  b, h, w, c, d = 2, 16, 20, 8, 4
+  x, kernel = jnp.ones((b, h, w, c)), jnp.ones((3, 3, c, d))
+
+  def grads(x, kernel):
+    return jax.grad(lambda x, k: convolution.conv2d(x, k, 1, 1).sum(), argnums=(0, 1))(x, kernel)
+
+  assert benchmarking._plain_flops(grads, x, kernel) == 2 * (2 * b * c * d * (3 * h - 2) * (3 * w - 2))
