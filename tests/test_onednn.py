@@ -54,6 +54,32 @@ def test_kernels_match_xla(case):
 
 
 @needs_onednn
+@pytest.mark.parametrize("case", CASES[:3], ids=lambda c: "x".join(map(str, c)))
+def test_bfloat16_kernels_match_xla_float32(case):
+  """bfloat16 operands: forward, input and weight gradient in bfloat16
+  equal XLA's float32 results on the same (bfloat16-rounded) values to
+  bfloat16 rounding (relative max error <= 1e-2; one bfloat16 ulp is 2^-8)."""
+  b, h, w, c, d, k, stride, padding = case
+  rng = np.random.RandomState(4)
+
+  def bf16(shape):
+    return jnp.asarray(rng.randn(*shape), jnp.bfloat16)
+
+  x, kernel = bf16((b, h, w, c)), bf16((k, k, c, d))
+  f32 = [a.astype(jnp.float32) for a in (x, kernel)]
+  y_ref, vjp = jax.vjp(lambda x, k: cpu_conv_grads.lax_conv(x, k, stride, padding), *f32)
+  dy = jnp.asarray(rng.randn(*y_ref.shape), jnp.bfloat16)
+  dx_ref, dk_ref = vjp(dy.astype(jnp.float32))
+  y, dx, dk = jax.jit(lambda x, kernel, dy: (
+      onednn.conv_forward(x, kernel, stride, padding),
+      onednn.conv_input_grad(dy, kernel, x.shape, stride, padding),
+      onednn.conv_weight_grad(x, dy, k, stride, padding)))(x, kernel, dy)
+  for got, want in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
+    assert got.dtype == jnp.bfloat16
+    assert relative_max_error(np.asarray(got, np.float32), np.asarray(want)) <= 1e-2
+
+
+@needs_onednn
 def test_sliced_and_transposed_operands():
   """Operands that are strided slices and transposes of other arrays (XLA
   hands the custom call dense row-major copies): same weight gradient as

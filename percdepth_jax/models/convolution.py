@@ -11,9 +11,9 @@ padding) the fastest way the backend allows, with the same values:
 - everything else (the RGB stems, everything on GPUs and TPUs) as
   `lax.conv`.
 
-With the CPU kernels on, the 3x3 float32 convolutions of training take
-their forward pass and both gradients from oneDNN through XLA FFI custom
-calls where those are built (`onednn.py`; docs/benchmarks.md). They are on
+With the CPU kernels on, the 3x3 float32 and bfloat16 convolutions of
+training take their forward pass and both gradients from oneDNN through
+XLA FFI custom calls where those are built (`onednn.py`; docs/benchmarks.md). They are on
 by default; `PERCDEPTH_ONEDNN=0` in the environment or
 `onednn_kernels(False)` keeps the pure-JAX kernels.
 
@@ -39,6 +39,7 @@ from percdepth_jax.models import cpu_conv_grads, onednn
 
 _cpu_gradient_kernels: bool | None = None  # None: on when the backend is the CPU
 _onednn_kernels: bool = os.environ.get("PERCDEPTH_ONEDNN", "1") != "0"
+_ONEDNN_DTYPES = (jnp.float32, jnp.bfloat16)
 
 
 def cpu_gradient_kernels_enabled() -> bool:
@@ -61,8 +62,8 @@ def cpu_gradient_kernels(enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def onednn_kernels(enabled: bool) -> Iterator[None]:
-  """Within the block, trace 3x3 float32 convolutions with (True) or
-  without (False) the oneDNN kernels (where they are built)."""
+  """Within the block, trace 3x3 float32 and bfloat16 convolutions with
+  (True) or without (False) the oneDNN kernels (where they are built)."""
   global _onednn_kernels
   previous, _onednn_kernels = _onednn_kernels, enabled
   try:
@@ -81,8 +82,8 @@ def conv2d(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int = 1,
     if cpu_gradient_kernels_enabled():
       return cpu_conv_grads.conv1x1(x_BxHxWxC, kernel_KxKxCxD[0, 0])
     return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_KxKxCxD[0, 0])
-  if (_onednn_kernels and size == 3 and x_BxHxWxC.dtype == jnp.float32
-      and kernel_KxKxCxD.dtype == jnp.float32 and cpu_gradient_kernels_enabled()
+  if (_onednn_kernels and size == 3 and x_BxHxWxC.dtype in _ONEDNN_DTYPES
+      and kernel_KxKxCxD.dtype == x_BxHxWxC.dtype and cpu_gradient_kernels_enabled()
       and onednn.available()):
     return cpu_conv_grads.onednn_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
   # The 7x7 RGB stems keep XLA's gradient: an im2col weight gradient was

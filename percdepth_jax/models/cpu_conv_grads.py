@@ -111,9 +111,10 @@ conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def onednn_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
                 padding: int) -> jax.Array:
-  """PyTorch's conv2d, float32; under differentiation its forward pass,
-  input gradient and weight gradient are oneDNN's (`onednn.py`). Outside
-  differentiation (inference) it is XLA's convolution."""
+  """PyTorch's conv2d (float32 or bfloat16); under differentiation its
+  forward pass, input gradient and weight gradient are oneDNN's
+  (`onednn.py`). Outside differentiation (inference) it is XLA's
+  convolution."""
   return lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
 
 

@@ -141,23 +141,25 @@ def _covered(x_BxHxWxC: jax.Array, size: int, stride: int, padding: int) -> jax.
 def conv_weight_grad(x_BxHxWxC: jax.Array, dy_BxHoxWoxD: jax.Array, size: int, stride: int,
                      padding: int) -> jax.Array:
   """The weight gradient (size x size x C x D, HWIO) of PyTorch's conv2d
-  with symmetric zero padding, float32; needs `available()`."""
+  with symmetric zero padding, in x's dtype (float32 or bfloat16); needs
+  `available()`."""
   x_BxHxWxC = _covered(x_BxHxWxC, size, stride, padding)
   c, d = x_BxHxWxC.shape[-1], dy_BxHoxWoxD.shape[-1]
-  call = jax.ffi.ffi_call(_WEIGHT_GRAD, jax.ShapeDtypeStruct((size, size, c, d), jnp.float32))
-  return call(x_BxHxWxC.astype(jnp.float32), dy_BxHoxWoxD.astype(jnp.float32),
+  call = jax.ffi.ffi_call(_WEIGHT_GRAD, jax.ShapeDtypeStruct((size, size, c, d), x_BxHxWxC.dtype))
+  return call(x_BxHxWxC, dy_BxHoxWoxD.astype(x_BxHxWxC.dtype),
               stride=np.int64(stride), padding=np.int64(padding))
 
 
 def conv_input_grad(dy_BxHoxWoxD: jax.Array, kernel_KxKxCxD: jax.Array, input_shape,
                     stride: int, padding: int) -> jax.Array:
-  """The input gradient (input_shape, NHWC) of PyTorch's conv2d, float32."""
+  """The input gradient (input_shape, NHWC) of PyTorch's conv2d, in the
+  kernel's dtype."""
   b, h, w, c = input_shape
   size = kernel_KxKxCxD.shape[0]
   covered = (b, _covered_size(h, size, stride, padding),
              _covered_size(w, size, stride, padding), c)
-  call = jax.ffi.ffi_call(_INPUT_GRAD, jax.ShapeDtypeStruct(covered, jnp.float32))
-  dx = call(dy_BxHoxWoxD.astype(jnp.float32), kernel_KxKxCxD.astype(jnp.float32),
+  call = jax.ffi.ffi_call(_INPUT_GRAD, jax.ShapeDtypeStruct(covered, kernel_KxKxCxD.dtype))
+  dx = call(dy_BxHoxWoxD.astype(kernel_KxKxCxD.dtype), kernel_KxKxCxD,
             stride=np.int64(stride), padding=np.int64(padding))
   # Rows and columns that no window reaches get no gradient.
   return jnp.pad(dx, ((0, 0), (0, h - covered[1]), (0, w - covered[2]), (0, 0)))
@@ -165,11 +167,11 @@ def conv_input_grad(dy_BxHoxWoxD: jax.Array, kernel_KxKxCxD: jax.Array, input_sh
 
 def conv_forward(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
                  padding: int) -> jax.Array:
-  """PyTorch's conv2d (NHWC, HWIO, symmetric zero padding), float32."""
+  """PyTorch's conv2d (NHWC, HWIO, symmetric zero padding), in x's dtype."""
   b, h, w, _ = x_BxHxWxC.shape
   k, d = kernel_KxKxCxD.shape[0], kernel_KxKxCxD.shape[-1]
   shape = (b, _output_size(h, k, stride, padding), _output_size(w, k, stride, padding), d)
   x_BxHxWxC = _covered(x_BxHxWxC, k, stride, padding)
-  call = jax.ffi.ffi_call(_FORWARD, jax.ShapeDtypeStruct(shape, jnp.float32))
-  return call(x_BxHxWxC.astype(jnp.float32), kernel_KxKxCxD.astype(jnp.float32),
+  call = jax.ffi.ffi_call(_FORWARD, jax.ShapeDtypeStruct(shape, x_BxHxWxC.dtype))
+  return call(x_BxHxWxC, kernel_KxKxCxD.astype(x_BxHxWxC.dtype),
               stride=np.int64(stride), padding=np.int64(padding))

@@ -1,6 +1,7 @@
 // PyTorch's conv2d (NHWC activations, HWIO weights, symmetric zero padding)
 // through oneDNN on the CPU, as XLA FFI handlers: forward pass, input
-// gradient and weight gradient, float32. Built and registered by onednn.py.
+// gradient and weight gradient, float32 or bfloat16 (every operand and the
+// result of a call in the same type). Built and registered by onednn.py.
 //
 // Primitives are created once per shape and cached (creation costs far more
 // than a call). The weights take the layout oneDNN chooses (format "any":
@@ -28,8 +29,18 @@ dnnl::engine& Engine() {
 }
 
 // batch, height, width, input channels, output channels, kernel size,
-// stride, padding: everything a primitive depends on.
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+// stride, padding, data type: everything a primitive depends on.
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       memory::data_type>;
+
+// oneDNN's data type for an XLA buffer type; undef for the unsupported ones.
+memory::data_type DataTypeOf(ffi::DataType type) {
+  switch (type) {
+    case ffi::DataType::F32: return memory::data_type::f32;
+    case ffi::DataType::BF16: return memory::data_type::bf16;
+    default: return memory::data_type::undef;
+  }
+}
 
 struct WeightGrad {
   dnnl::convolution_backward_weights primitive;
@@ -44,13 +55,12 @@ WeightGrad& WeightGradFor(const Key& key) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
-  auto [b, h, w, c, d, k, stride, pad] = key;
+  auto [b, h, w, c, d, k, stride, pad, type] = key;
   int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
   using tag = memory::format_tag;
-  auto f32 = memory::data_type::f32;
-  memory::desc src({b, c, h, w}, f32, tag::nhwc);
-  memory::desc dst({b, d, ho, wo}, f32, tag::nhwc);
-  memory::desc weights_any({d, c, k, k}, f32, tag::any);
+  memory::desc src({b, c, h, w}, type, tag::nhwc);
+  memory::desc dst({b, d, ho, wo}, type, tag::nhwc);
+  memory::desc weights_any({d, c, k, k}, type, tag::any);
   // The right padding that makes the output exactly ho x wo (onednn.py
   // crops rows that no window reaches, so it is never negative).
   memory::dims strides{stride, stride}, padding{pad, pad},
@@ -66,7 +76,7 @@ WeightGrad& WeightGradFor(const Key& key) {
   auto entry = std::make_unique<WeightGrad>();
   entry->primitive = dnnl::convolution_backward_weights(backward);
   entry->diff_weights_md = backward.diff_weights_desc();
-  entry->hwio_md = memory::desc({d, c, k, k}, f32, tag::hwio);
+  entry->hwio_md = memory::desc({d, c, k, k}, type, tag::hwio);
   entry->needs_reorder = entry->diff_weights_md != entry->hwio_md;
   entry->scratchpad_md = backward.scratchpad_desc();
   if (entry->needs_reorder) {
@@ -77,23 +87,34 @@ WeightGrad& WeightGradFor(const Key& key) {
   return *cache.emplace(key, std::move(entry)).first->second;
 }
 
-ffi::Error ConvWeightGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                              ffi::ResultBuffer<ffi::F32> dk, int64_t stride,
+// The data type of a call's operands and result, undef where they differ
+// or are not float32/bfloat16.
+memory::data_type CommonType(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
+                             const ffi::AnyBuffer& out) {
+  if (a.element_type() != b.element_type() || a.element_type() != out.element_type())
+    return memory::data_type::undef;
+  return DataTypeOf(a.element_type());
+}
+
+ffi::Error ConvWeightGradImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                              ffi::Result<ffi::AnyBuffer> dk, int64_t stride,
                               int64_t padding) {
   auto xd = x.dimensions(), dyd = dy.dimensions(), dkd = dk->dimensions();
   if (xd.size() != 4 || dyd.size() != 4 || dkd.size() != 4)
     return ffi::Error::InvalidArgument("conv weight gradient: rank-4 operands expected");
-  Key key{xd[0], xd[1], xd[2], xd[3], dyd[3], dkd[0], stride, padding};
+  auto type = CommonType(x, dy, *dk);
+  if (type == memory::data_type::undef)
+    return ffi::Error::InvalidArgument("conv weight gradient: float32 or bfloat16 expected");
+  Key key{xd[0], xd[1], xd[2], xd[3], dyd[3], dkd[0], stride, padding, type};
   WeightGrad& grad = WeightGradFor(key);
   dnnl::engine& engine = Engine();
   dnnl::stream stream(engine);
-  auto [b, h, w, c, d, k, s, p] = key;
+  auto [b, h, w, c, d, k, s, p, dt] = key;
   int64_t ho = dyd[1], wo = dyd[2];
   using tag = memory::format_tag;
-  auto f32 = memory::data_type::f32;
-  memory src({{b, c, h, w}, f32, tag::nhwc}, engine, x.typed_data());
-  memory diff_dst({{b, d, ho, wo}, f32, tag::nhwc}, engine, dy.typed_data());
-  memory hwio(grad.hwio_md, engine, dk->typed_data());
+  memory src({{b, c, h, w}, dt, tag::nhwc}, engine, x.untyped_data());
+  memory diff_dst({{b, d, ho, wo}, dt, tag::nhwc}, engine, dy.untyped_data());
+  memory hwio(grad.hwio_md, engine, dk->untyped_data());
   std::vector<uint8_t> scratch(grad.scratchpad_md.get_size());
   memory scratchpad(grad.scratchpad_md, engine, scratch.data());
   if (grad.needs_reorder) {
@@ -128,13 +149,12 @@ DataPass& DataPassFor(int kind, const Key& key) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find({kind, key});
   if (it != cache.end()) return *it->second;
-  auto [b, h, w, c, d, k, stride, pad] = key;
+  auto [b, h, w, c, d, k, stride, pad, type] = key;
   int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
   using tag = memory::format_tag;
-  auto f32 = memory::data_type::f32;
-  memory::desc src({b, c, h, w}, f32, tag::nhwc);
-  memory::desc dst({b, d, ho, wo}, f32, tag::nhwc);
-  memory::desc weights_any({d, c, k, k}, f32, tag::any);
+  memory::desc src({b, c, h, w}, type, tag::nhwc);
+  memory::desc dst({b, d, ho, wo}, type, tag::nhwc);
+  memory::desc weights_any({d, c, k, k}, type, tag::any);
   // The right padding that makes the output exactly ho x wo (onednn.py
   // crops rows that no window reaches, so it is never negative).
   memory::dims strides{stride, stride}, padding{pad, pad},
@@ -157,7 +177,7 @@ DataPass& DataPassFor(int kind, const Key& key) {
     entry->weights_md = backward.weights_desc();
     entry->scratchpad_md = backward.scratchpad_desc();
   }
-  entry->hwio_md = memory::desc({d, c, k, k}, f32, tag::hwio);
+  entry->hwio_md = memory::desc({d, c, k, k}, type, tag::hwio);
   entry->needs_reorder = entry->weights_md != entry->hwio_md;
   if (entry->needs_reorder) {
     entry->from_hwio = dnnl::reorder(
@@ -166,25 +186,27 @@ DataPass& DataPassFor(int kind, const Key& key) {
   return *cache.emplace(std::make_pair(kind, key), std::move(entry)).first->second;
 }
 
-ffi::Error DataPassImpl(int kind, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> weights,
-                        ffi::ResultBuffer<ffi::F32> out, int64_t stride, int64_t padding) {
+ffi::Error DataPassImpl(int kind, ffi::AnyBuffer in, ffi::AnyBuffer weights,
+                        ffi::Result<ffi::AnyBuffer> out, int64_t stride, int64_t padding) {
   auto ind = in.dimensions(), wd = weights.dimensions(), outd = out->dimensions();
   if (ind.size() != 4 || wd.size() != 4 || outd.size() != 4)
     return ffi::Error::InvalidArgument("convolution: rank-4 operands expected");
+  auto type = CommonType(in, weights, *out);
+  if (type == memory::data_type::undef)
+    return ffi::Error::InvalidArgument("convolution: float32 or bfloat16 operands expected");
   // x is the forward's input, dy its output: the operand or the result.
   auto xd = kind == 0 ? ind : outd;
   auto dyd = kind == 0 ? outd : ind;
-  Key key{xd[0], xd[1], xd[2], xd[3], dyd[3], wd[0], stride, padding};
+  Key key{xd[0], xd[1], xd[2], xd[3], dyd[3], wd[0], stride, padding, type};
   DataPass& pass = DataPassFor(kind, key);
   dnnl::engine& engine = Engine();
   dnnl::stream stream(engine);
   using tag = memory::format_tag;
-  auto f32 = memory::data_type::f32;
-  memory src({{xd[0], xd[3], xd[1], xd[2]}, f32, tag::nhwc}, engine,
-             kind == 0 ? in.typed_data() : out->typed_data());
-  memory dst({{dyd[0], dyd[3], dyd[1], dyd[2]}, f32, tag::nhwc}, engine,
-             kind == 0 ? out->typed_data() : in.typed_data());
-  memory hwio(pass.hwio_md, engine, weights.typed_data());
+  memory src({{xd[0], xd[3], xd[1], xd[2]}, type, tag::nhwc}, engine,
+             kind == 0 ? in.untyped_data() : out->untyped_data());
+  memory dst({{dyd[0], dyd[3], dyd[1], dyd[2]}, type, tag::nhwc}, engine,
+             kind == 0 ? out->untyped_data() : in.untyped_data());
+  memory hwio(pass.hwio_md, engine, weights.untyped_data());
   memory primitive_weights = hwio;
   if (pass.needs_reorder) {
     primitive_weights = memory(pass.weights_md, engine);
@@ -204,22 +226,22 @@ ffi::Error DataPassImpl(int kind, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32
   return ffi::Error::Success();
 }
 
-ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                           ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t padding) {
+ffi::Error ConvForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w,
+                           ffi::Result<ffi::AnyBuffer> y, int64_t stride, int64_t padding) {
   return DataPassImpl(0, x, w, y, stride, padding);
 }
 
-ffi::Error ConvInputGradImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                             ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t padding) {
+ffi::Error ConvInputGradImpl(ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                             ffi::Result<ffi::AnyBuffer> dx, int64_t stride, int64_t padding) {
   return DataPassImpl(1, dy, w, dx, stride, padding);
 }
 
-// Every handler: two float32 operands, one float32 result, stride, padding.
+// Every handler: two operands, one result (one data type), stride, padding.
 auto ConvBinding() {
   return ffi::Ffi::Bind()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Ret<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
       .Attr<int64_t>("stride")
       .Attr<int64_t>("padding");
 }
