@@ -194,8 +194,8 @@ def kernel_counts(hlo_text: str) -> dict[str, int]:
 def cpu_only_pieces(hlo_text: str, lowered_text: str, platform: str) -> list[str]:
   """CPU-only pieces of an accelerator program: the CPU gradient kernels (ops
   traced inside their functions, found by name in the lowered program's
-  source locations), the oneDNN custom calls, host callbacks, and on GPUs convolutions left to XLA's
-  generic emitter instead of cuDNN."""
+  source locations), the oneDNN custom calls, host callbacks, and on GPUs
+  convolutions left to XLA's generic emitter instead of cuDNN."""
   found = []
   kernels = sorted(set(re.findall(r'"(\w+)"\(', lowered_text)) & set(CPU_KERNEL_FUNCTIONS))
   if kernels:

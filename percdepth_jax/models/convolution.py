@@ -13,9 +13,9 @@ padding) the fastest way the backend allows, with the same values:
 
 With the CPU kernels on, the 3x3 float32 and bfloat16 convolutions of
 training take their forward pass and both gradients from oneDNN through
-XLA FFI custom calls where those are built (`onednn.py`; docs/benchmarks.md). They are on
-by default; `PERCDEPTH_ONEDNN=0` in the environment or
-`onednn_kernels(False)` keeps the pure-JAX kernels.
+XLA FFI custom calls where those are built (`onednn.py`;
+docs/benchmarks.md). They are on by default; `PERCDEPTH_ONEDNN=0` in the
+environment or `onednn_kernels(False)` keeps the pure-JAX kernels.
 
 The same switch selects `cpu_layer_grads`' max pool and resize in
 `layers.py`. These kernels are `jax.custom_vjp`s (reverse mode only) and

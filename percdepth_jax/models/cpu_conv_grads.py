@@ -11,8 +11,9 @@ gradient of each DenseNet bottleneck transposed in memory, inside the fusion
 of the BatchNorm backward, several times slower than a plain `dot_general`
 of the two row-major operands.
 
-`onednn_conv` (`models/convolution.py` uses it where oneDNN is built) goes further: under
-differentiation all three passes are oneDNN's, through XLA FFI custom calls.
+`onednn_conv` (used by `models/convolution.py` where oneDNN is built)
+goes further: under differentiation all three passes are oneDNN's,
+through XLA FFI custom calls.
 
 They support reverse-mode differentiation only (a custom_vjp has no forward
 mode), so `models/convolution.py` uses them on the CPU backend alone and lets
