@@ -42,6 +42,41 @@ memory::data_type DataTypeOf(ffi::DataType type) {
   }
 }
 
+// The memory descriptors and window of one convolution, as every primitive
+// for a key takes them: NHWC activations, weights in the layout oneDNN
+// picks (format "any").
+struct Geometry {
+  memory::desc src, dst, weights_any, hwio;
+  memory::dims strides, padding, padding_r;
+  dnnl::primitive_attr attr;
+};
+
+Geometry GeometryFor(const Key& key) {
+  auto [b, h, w, c, d, k, stride, pad, type] = key;
+  int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+  using tag = memory::format_tag;
+  Geometry g{memory::desc({b, c, h, w}, type, tag::nhwc),
+             memory::desc({b, d, ho, wo}, type, tag::nhwc),
+             memory::desc({d, c, k, k}, type, tag::any),
+             memory::desc({d, c, k, k}, type, tag::hwio),
+             {stride, stride},
+             {pad, pad},
+             // The right padding that makes the output exactly ho x wo
+             // (onednn.py crops rows that no window reaches, so it is never
+             // negative).
+             {(ho - 1) * stride + k - h - pad, (wo - 1) * stride + k - w - pad},
+             {}};
+  g.attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return g;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g,
+                                                      dnnl::prop_kind prop) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), prop, dnnl::algorithm::convolution_direct, g.src, g.weights_any, g.dst,
+      g.strides, g.padding, g.padding_r, g.attr);
+}
+
 struct WeightGrad {
   dnnl::convolution_backward_weights primitive;
   dnnl::reorder to_hwio;
@@ -55,28 +90,14 @@ WeightGrad& WeightGradFor(const Key& key) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
-  auto [b, h, w, c, d, k, stride, pad, type] = key;
-  int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
-  using tag = memory::format_tag;
-  memory::desc src({b, c, h, w}, type, tag::nhwc);
-  memory::desc dst({b, d, ho, wo}, type, tag::nhwc);
-  memory::desc weights_any({d, c, k, k}, type, tag::any);
-  // The right padding that makes the output exactly ho x wo (onednn.py
-  // crops rows that no window reaches, so it is never negative).
-  memory::dims strides{stride, stride}, padding{pad, pad},
-      padding_r{(ho - 1) * stride + k - h - pad, (wo - 1) * stride + k - w - pad};
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto forward = dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      src, weights_any, dst, strides, padding, padding_r, attr);
+  Geometry g = GeometryFor(key);
   auto backward = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, src, weights_any, dst, strides,
-      padding, padding_r, forward, attr);
+      Engine(), dnnl::algorithm::convolution_direct, g.src, g.weights_any, g.dst, g.strides,
+      g.padding, g.padding_r, ForwardDesc(g, dnnl::prop_kind::forward_training), g.attr);
   auto entry = std::make_unique<WeightGrad>();
   entry->primitive = dnnl::convolution_backward_weights(backward);
   entry->diff_weights_md = backward.diff_weights_desc();
-  entry->hwio_md = memory::desc({d, c, k, k}, type, tag::hwio);
+  entry->hwio_md = g.hwio;
   entry->needs_reorder = entry->diff_weights_md != entry->hwio_md;
   entry->scratchpad_md = backward.scratchpad_desc();
   if (entry->needs_reorder) {
@@ -149,21 +170,9 @@ DataPass& DataPassFor(int kind, const Key& key) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find({kind, key});
   if (it != cache.end()) return *it->second;
-  auto [b, h, w, c, d, k, stride, pad, type] = key;
-  int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
-  using tag = memory::format_tag;
-  memory::desc src({b, c, h, w}, type, tag::nhwc);
-  memory::desc dst({b, d, ho, wo}, type, tag::nhwc);
-  memory::desc weights_any({d, c, k, k}, type, tag::any);
-  // The right padding that makes the output exactly ho x wo (onednn.py
-  // crops rows that no window reaches, so it is never negative).
-  memory::dims strides{stride, stride}, padding{pad, pad},
-      padding_r{(ho - 1) * stride + k - h - pad, (wo - 1) * stride + k - w - pad};
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto forward = dnnl::convolution_forward::primitive_desc(
-      Engine(), kind == 0 ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
-      dnnl::algorithm::convolution_direct, src, weights_any, dst, strides, padding, padding_r, attr);
+  Geometry g = GeometryFor(key);
+  auto forward = ForwardDesc(g, kind == 0 ? dnnl::prop_kind::forward_inference
+                                          : dnnl::prop_kind::forward_training);
   auto entry = std::make_unique<DataPass>();
   if (kind == 0) {
     entry->primitive = dnnl::convolution_forward(forward);
@@ -171,13 +180,13 @@ DataPass& DataPassFor(int kind, const Key& key) {
     entry->scratchpad_md = forward.scratchpad_desc();
   } else {
     auto backward = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, src, weights_any, dst, strides, padding,
-        padding_r, forward, attr);
+        Engine(), dnnl::algorithm::convolution_direct, g.src, g.weights_any, g.dst, g.strides,
+        g.padding, g.padding_r, forward, g.attr);
     entry->primitive = dnnl::convolution_backward_data(backward);
     entry->weights_md = backward.weights_desc();
     entry->scratchpad_md = backward.scratchpad_desc();
   }
-  entry->hwio_md = memory::desc({d, c, k, k}, type, tag::hwio);
+  entry->hwio_md = g.hwio;
   entry->needs_reorder = entry->weights_md != entry->hwio_md;
   if (entry->needs_reorder) {
     entry->from_hwio = dnnl::reorder(
