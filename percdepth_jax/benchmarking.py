@@ -1,7 +1,9 @@
-"""Timing the JAX training step and inference for scripts/benchmark.py.
+"""The JAX worker of scripts/benchmark.py: the training step and inference.
 
-A `Workload` is one compiled thing to time: `run(n)` executes n steps and
-returns when the device is done. The JAX workloads are the real ones: the
+Run as `python -m percdepth_jax.benchmarking SPEC` by `benchmark_workers`,
+one process per workload, which never imports torch. A `Workload` is one
+compiled thing to time: `run(n)` executes n steps and returns when the
+device is done. The JAX workloads are the real ones: the
 train step is `training.step.make_train_step` (all four loss terms with the
 frozen ResNet-50, backward, Adam) jitted with a donated state, as
 `training.loop` runs it; inference is `inference.depth_metres` with flip
@@ -12,16 +14,16 @@ sizes come from XLA's compiled program, FLOPs from XLA's cost analysis
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import statistics
+import sys
 import time
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from percdepth_jax.benchmark_workers import Workload, serve, synthetic_batch
 
 # Dense (no sparsity) peak FLOP/s of accelerators, by `device_kind` prefix,
 # per compute dtype. float32 on these GPUs: XLA computes float32 convolutions
@@ -32,32 +34,6 @@ PEAK_FLOPS = {
     "NVIDIA H200": {"float32": 494.7e12, "bfloat16": 989.4e12},
     "NVIDIA A100": {"float32": 156e12, "bfloat16": 312e12},
 }
-
-
-@dataclasses.dataclass
-class Workload:
-  """One thing to time. `run(n)` runs n steps and blocks until done."""
-  framework: str  # "jax" | "pytorch"
-  mode: str  # "train" | "inference"
-  run: Callable[[int], None]
-  compile_s: float  # JAX: lower + compile; PyTorch: the first (warm-up) step
-  flops_per_step: float | None = None  # XLA cost analysis (JAX only)
-  memory_bytes: int | None = None
-  memory_source: str = ""
-  times_s: list[float] = dataclasses.field(default_factory=list)  # per step, per round
-  compiled: Any = None  # the XLA executable (JAX), for profiling and HLO inspection
-
-
-def synthetic_batch(batch: int, height: int, width: int, seed: int = 0
-                    ) -> dict[str, np.ndarray]:
-  """A training batch with the pipeline's fields: uint8 RGB, depth in metres
-  (0.5-9.5 m, a smooth ramp plus noise) and a validity mask with ~5% holes."""
-  rng = np.random.default_rng(seed)
-  image = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
-  ramp = np.linspace(0.5, 9.0, height, dtype=np.float32)[None, :, None]
-  depth = ramp + rng.uniform(0.0, 0.5, (batch, height, width)).astype(np.float32)
-  valid = rng.uniform(size=(batch, height, width)) > 0.05
-  return {"image": image, "depth": depth, "valid": valid}
 
 
 def _block(tree) -> None:
@@ -225,38 +201,20 @@ def device_peak_flops(dtype: str) -> tuple[float | None, str]:
   return 2 * n ** 3 / best, f"measured {n}x{n} {dtype} matmul"
 
 
-def time_alternating(workloads: list[Workload], steps: int, rounds: int,
-                     warmup: int, on_round: Callable[[int], None] | None = None) -> None:
-  """A/B timing: each round runs `steps` steps of every workload in turn, so
-  slow drifts of the machine (clocks, other load) hit all of them alike.
-  Per-step times of each round are appended to `workload.times_s`."""
-  for w in workloads:
-    w.run(warmup)
-  for r in range(rounds):
-    for w in workloads:
-      t0 = time.perf_counter()
-      w.run(steps)
-      w.times_s.append((time.perf_counter() - t0) / steps)
-    if on_round is not None:
-      on_round(r)
+def build(spec: dict) -> Workload:
+  """The workload a worker's spec names (`spec["mode"]`: train | inference),
+  with the device's name, JAX's version and, when asked, the device's peak."""
+  make = jax_train_workload if spec["mode"] == "train" else jax_inference_workload
+  w = make(spec["encoder"], spec["dtype"], spec["batch"], spec["height"], spec["width"])
+  device_peak, source = device_peak_memory()
+  if device_peak is not None:
+    # Alone in its process: the device's peak is this workload's.
+    w.memory_bytes, w.memory_source = device_peak, source
+  w.info = {"device": device_name(), "versions": {"jax": jax.__version__}}
+  if spec.get("peak_flops"):
+    w.info["peak_flops_per_s"], w.info["peak_flops_source"] = device_peak_flops(spec["dtype"])
+  return w
 
 
-def summarize(w: Workload, batch: int, peak_flops: float | None) -> dict:
-  """Median and spread of the per-round step times, and what follows from them."""
-  median = statistics.median(w.times_s)
-  out = {
-      "ms_per_step_median": 1e3 * median,
-      "ms_per_step_min": 1e3 * min(w.times_s),
-      "ms_per_step_max": 1e3 * max(w.times_s),
-      "ms_per_step_rounds": [1e3 * t for t in w.times_s],
-      "images_per_s": batch / median,
-      "compile_s": w.compile_s,
-      "peak_memory_bytes": w.memory_bytes,
-      "peak_memory_source": w.memory_source,
-      "flops_per_step": w.flops_per_step,
-  }
-  if w.flops_per_step:
-    out["achieved_flops_per_s"] = w.flops_per_step / median
-    if peak_flops:
-      out["fraction_of_peak"] = out["achieved_flops_per_s"] / peak_flops
-  return out
+if __name__ == "__main__":
+  sys.exit(serve(build))

@@ -2,7 +2,7 @@
 
   python scripts/benchmark.py [--height 256 --width 320 --batch 2 --steps 5]
       [--rounds 5] [--mode train,inference] [--compare-pytorch]
-      [--dtype float32|bfloat16] [--json FILE]
+      [--dtype float32|bfloat16] [--variant NAME:KEY=VALUE,...] [--json FILE]
 
 Times, after warm-up and with compilation reported apart:
   train      the full training step: forward, the four loss terms (L1,
@@ -10,12 +10,19 @@ Times, after warm-up and with compilation reported apart:
              Adam update; random-init networks, one fixed batch on the device.
   inference  depth in metres with flip test-time averaging.
 With --compare-pytorch the PyTorch reference (weights_conversion.torch_reference)
-does the same work at the same precision, batch and size; the frameworks
-alternate round by round (A/B), so drifts of the machine hit both alike.
-Prints ms/step (median and min-max over rounds), images/s, peak memory,
-the JAX/PyTorch speed ratio (> 1: JAX is faster) and the achieved FLOP/s
-(FLOPs from XLA's cost analysis of the JAX program, the same count used for
-both frameworks) against the device's peak.
+does the same work at the same precision, batch and size.
+
+Every workload runs alone in a worker process of its own (the JAX worker
+never imports torch, the PyTorch worker never imports JAX or loads the
+oneDNN kernels), started once and kept warm; rounds alternate between the
+workers (A/B), one busy at a time, so drifts of the machine hit all alike.
+A --variant is one more JAX worker with its own environment (e.g.
+`--variant onednn_off:PERCDEPTH_ONEDNN=0`, `--variant passive:OMP_WAIT_POLICY=PASSIVE`;
+`pytorch/NAME:...` for a PyTorch one). Prints ms/step (median and min-max
+over rounds), images/s, memory (XLA's buffers or the device's peak, and
+each worker's peak resident memory), the speed ratio against PyTorch
+(> 1: JAX is faster) and the achieved FLOP/s (XLA's count of the JAX
+program, credited to both frameworks) against the device's peak.
 """
 
 from __future__ import annotations
@@ -50,12 +57,9 @@ flags.DEFINE_bool("compare-pytorch", False,
                   "also time the PyTorch reference, alternating with JAX", flag_values=FLAGS)
 flags.DEFINE_bool("torch-compile", False,
                   "also time the PyTorch reference under torch.compile", flag_values=FLAGS)
-flags.DEFINE_bool("separate-processes", False,
-                  "time each framework and mode in a process of its own (GPUs: own "
-                  "allocator, per-workload device memory peak) instead of A/B in one",
-                  flag_values=FLAGS)
-flags.DEFINE_string("only", None, "MODE:FRAMEWORK: time just this one (used by "
-                    "--separate-processes)", flag_values=FLAGS)
+flags.DEFINE_multi_string("variant", [], "[pytorch/]NAME:KEY=VALUE[,KEY=VALUE...]: "
+                          "one more worker with these environment variables "
+                          "(KEY= removes KEY); repeatable", flag_values=FLAGS)
 flags.DEFINE_string("json", None, "write the results here", flag_values=FLAGS)
 
 
@@ -87,201 +91,194 @@ def _mib(n) -> str:
   return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
+FRAMEWORKS = ("jax", "pytorch", "pytorch_compile")
+WORKER_MODULES = {"jax": "percdepth_jax.benchmarking",
+                  "pytorch": "weights_conversion.torch_benchmark"}
+
+
+def _variants(args) -> list[tuple[str, str, dict]]:
+  """(framework, name, environment) of each --variant."""
+  out = []
+  for text in args.variant:
+    head, sep, assignments = text.partition(":")
+    framework, _, name = head.rpartition("/")
+    framework = framework or "jax"
+    env = {}
+    for item in filter(None, assignments.split(",")):
+      key, eq, value = item.partition("=")
+      if not eq or not key:
+        env = None
+        break
+      env[key] = value or None
+    if not sep or not name or env is None or framework not in WORKER_MODULES:
+      raise UserInputError(
+          f"--variant {text!r}: expected [pytorch/]NAME:KEY=VALUE[,KEY=VALUE...], "
+          "e.g. onednn_off:PERCDEPTH_ONEDNN=0 or pytorch/passive:OMP_WAIT_POLICY=PASSIVE.")
+    if framework == "pytorch" and not args.compare_pytorch:
+      raise UserInputError(f"--variant {text!r} times PyTorch: add --compare-pytorch.")
+    out.append((framework, name, env))
+  return out
+
+
+def _torch_available() -> None:
+  import importlib.util
+  if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
+    raise UserInputError("--compare-pytorch/--torch-compile need torch and torchvision; "
+                         'install them with: pip install -e ".[torch]"')
+
+
+def _shared_constants(encoder: str) -> dict:
+  """What the PyTorch worker must do exactly as the JAX step does (loss
+  weights, Adam, depth range), read here so that it never imports JAX."""
+  from percdepth_jax.models.config import DEPTH_NORM_SCALE, ModelConfig
+  from percdepth_jax.training.config import base_config
+  c, m = base_config(), ModelConfig(encoder=encoder)
+  return {"loss_weights": [c.loss.l1, c.loss.gradient, c.loss.ssim, c.loss.perceptual],
+          "learning_rate": c.optimizer.learning_rate, "betas": [c.optimizer.b1, c.optimizer.b2],
+          "depth": {"scale": DEPTH_NORM_SCALE, "min_depth": m.min_depth,
+                    "max_depth": m.max_depth, "target_max_value": m.target_max_value}}
+
+
+def _workers(args, modes: list[str]) -> list[tuple[str, str, "Worker"]]:
+  """(mode, framework, worker): one worker per mode and framework or
+  variant, in timing order."""
+  from percdepth_jax.benchmark_workers import Worker
+  common = {"encoder": args.encoder, "dtype": args.dtype, "batch": args.batch,
+            "height": args.height, "width": args.width}
+  kinds = [("jax", "jax", {}, {})]
+  if args.compare_pytorch or args.torch_compile:
+    _torch_available()
+    shared = _shared_constants(args.encoder)
+    if args.compare_pytorch:
+      kinds.append(("pytorch", "pytorch", {}, shared))
+    if args.torch_compile:
+      kinds.append(("pytorch", "pytorch_compile", {}, {**shared, "compile_model": True}))
+  for framework, name, env in _variants(args):
+    extra = _shared_constants(args.encoder) if framework == "pytorch" else {}
+    kinds.append((framework, f"{framework}[{name}]", env, extra))
+  # Neither framework takes the device's memory up front (XLA's default is
+  # 75% of a GPU at start-up), so both allocate as they go.
+  base_env = {"XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get(
+      "XLA_PYTHON_CLIENT_PREALLOCATE", "false")}
+  workers = []
+  for mode in modes:
+    for framework, name, env, extra in kinds:
+      spec = {**common, **extra, "mode": mode,
+              "peak_flops": not workers}  # measured once, by the first JAX worker
+      workers.append((mode, framework,
+                      Worker(name, WORKER_MODULES[framework], spec, {**base_env, **env})))
+  return workers
+
+
+def _mib(n) -> str:
+  return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
 def _print_table(results: dict) -> None:
   print(f"\n{results['device']} | {results['dtype']} | batch {results['batch']} | "
         f"{results['height']}x{results['width']} | {results['rounds']} rounds x "
-        f"{results['steps']} steps"
-        + (" | one process per workload" if results.get("separate_processes") else ""))
-  header = (f"{'mode':<10} {'framework':<15} {'ms/step':>9} {'min-max':>15} "
-            f"{'images/s':>9} {'compile s':>9} {'memory':>10} {'TFLOP/s':>8} {'of peak':>7}")
+        f"{results['steps']} steps | each workload in a process of its own")
+  header = (f"{'mode':<10} {'framework':<20} {'ms/step':>9} {'min-max':>15} "
+            f"{'images/s':>9} {'compile s':>9} {'memory':>10} {'peak RSS':>10} "
+            f"{'TFLOP/s':>8} {'of peak':>7}")
   print(header)
   print("-" * len(header))
-  for mode in MODES:
-    if mode not in results["modes"]:
-      continue
-    entry = results["modes"][mode]
-    for fw in FRAMEWORKS:
-      if fw not in entry:
+  for mode, entry in results["modes"].items():
+    for name, r in entry.items():
+      if not isinstance(r, dict):
         continue
-      r = entry[fw]
       flops = r.get("achieved_flops_per_s")
       frac = r.get("fraction_of_peak")
-      print(f"{mode:<10} {fw:<15} {r['ms_per_step_median']:9.1f} "
+      print(f"{mode:<10} {name:<20} {r['ms_per_step_median']:9.1f} "
             f"{r['ms_per_step_min']:7.1f}-{r['ms_per_step_max']:<7.1f} "
             f"{r['images_per_s']:9.2f} {r['compile_s']:9.1f} "
-            f"{_mib(r['peak_memory_bytes']):>10} "
+            f"{_mib(r['peak_memory_bytes']):>10} {_mib(r['process']['peak_rss_bytes']):>10} "
             f"{'' if flops is None else f'{flops / 1e12:8.3f}':>8} "
             f"{'' if frac is None else f'{100 * frac:6.1f}%':>7}")
-    for fw in FRAMEWORKS[1:]:
-      if f"jax_over_{fw}" in entry:
-        print(f"{mode:<10} JAX/{fw} speed ratio: {entry[f'jax_over_{fw}']:.2f}x")
+    for key, ratio in entry.items():
+      if key.endswith("_over_pytorch") or key.endswith("_over_pytorch_compile"):
+        a, _, b = key.partition("_over_")
+        print(f"{mode:<10} {a}/{b} speed ratio: {ratio:.2f}x")
   peak = results["peak_flops_per_s"]
   print(f"peak: {'n/a' if peak is None else f'{peak / 1e12:.3f} TFLOP/s'} "
         f"({results['peak_flops_source']})")
-  print("memory: " + "; ".join(sorted({f"{fw}: {r['peak_memory_source']}"
+  print("memory: " + "; ".join(sorted({f"{r['framework']}: {r['peak_memory_source']}"
                                        for e in results["modes"].values()
-                                       for fw, r in e.items() if isinstance(r, dict)})))
+                                       for r in e.values() if isinstance(r, dict)}))
+        + "; peak RSS: the worker process's VmHWM (libraries and compilation included)")
 
 
-FRAMEWORKS = ("jax", "pytorch", "pytorch_compile")
-
-
-def _jobs(args, modes: list[str]) -> list[tuple[str, str]]:
-  """(mode, framework) pairs to time, in order; --only picks one."""
-  frameworks = ["jax"] + (["pytorch"] if args.compare_pytorch else []) + (
-      ["pytorch_compile"] if args.torch_compile else [])
-  jobs = [(mode, fw) for mode in modes for fw in frameworks]
-  if args.only:
-    mode, _, fw = args.only.partition(":")
-    if (mode, fw) not in jobs:
-      raise UserInputError(f"--only {args.only!r}: expected MODE:FRAMEWORK among "
-                           f"{', '.join(f'{m}:{f}' for m, f in jobs)}.")
-    jobs = [(mode, fw)]
-  return jobs
-
-
-def _torch_benchmark():
-  try:
-    from weights_conversion import torch_benchmark
-  except ImportError as e:
-    raise UserInputError(f"--compare-pytorch/--torch-compile need torch and torchvision "
-                         f'({e}); install them with: pip install -e ".[torch]"') from e
-  return torch_benchmark
-
-
-def _build(mode: str, framework: str, args, batch_np):
-  """One compiled workload (compilation or first step timed apart)."""
-  from percdepth_jax import benchmarking as bench
-  _log(f"[{mode}] {framework}: building and compiling ...")
-  if framework == "jax":
-    make = bench.jax_train_workload if mode == "train" else bench.jax_inference_workload
-    w = make(args.encoder, args.dtype, args.batch, args.height, args.width)
-  else:
-    torch_benchmark = _torch_benchmark()
-    compile_model = framework == "pytorch_compile"
-    if mode == "train":
-      # The training defaults (loss weights, Adam constants) the JAX step uses.
-      from percdepth_jax.training.config import base_config
-      c = base_config()
-      w = torch_benchmark.train_workload(
-          args.encoder, args.dtype, batch_np,
-          loss_weights=(c.loss.l1, c.loss.gradient, c.loss.ssim, c.loss.perceptual),
-          learning_rate=c.optimizer.learning_rate, betas=(c.optimizer.b1, c.optimizer.b2),
-          compile_model=compile_model)
-    else:
-      w = torch_benchmark.inference_workload(args.encoder, args.dtype, batch_np["image"],
-                                             compile_model=compile_model)
-    w.framework = framework
-  _log(f"[{mode}] {framework}: ready after {w.compile_s:.1f} s")
-  return w
-
-
-def _child_argv(args, only: str, json_path: str) -> list[str]:
-  """This run's flags for one (mode, framework) in a process of its own."""
-  argv = [line for line in FLAGS.flags_into_string().splitlines()
-          if not line.startswith(("--only", "--json", "--separate-processes",
-                                  "--noseparate-processes"))]
-  return [sys.executable, __file__, *argv, f"--only={only}", f"--json={json_path}"]
-
-
-def _run_separately(args, jobs) -> dict:
-  """Each (mode, framework) timed in its own process, one after another: no
-  framework's allocator or caches share a device with another's, and each
-  process's device memory peak is its workload's alone."""
-  import subprocess
-  import tempfile
-  merged = None
-  with tempfile.TemporaryDirectory() as tmp:
-    for mode, fw in jobs:
-      path = pathlib.Path(tmp) / f"{mode}_{fw}.json"
-      _log(f"[{mode}] {fw}: timing in a separate process")
-      done = subprocess.run(_child_argv(args, f"{mode}:{fw}", str(path)))
-      if done.returncode != 0:
-        raise RuntimeError(f"the {mode}:{fw} process failed (exit {done.returncode}).")
-      child = json.loads(path.read_text())
-      if merged is None:
-        merged = child
-      else:
-        merged["modes"].setdefault(mode, {}).update(child["modes"][mode])
-        merged["versions"].update(child["versions"])
-        merged.setdefault("pytorch_settings", child.get("pytorch_settings"))
-  merged["separate_processes"] = True
-  return merged
+def _ratios(entry: dict, peak_flops: float | None) -> None:
+  """Speed ratios against each PyTorch workload (> 1: the other is faster),
+  and PyTorch credited with the FLOPs of the JAX program (the same work)."""
+  jax_r = entry["jax"]
+  for r in entry.values():
+    if r["framework"] == "pytorch" and jax_r["flops_per_step"]:
+      r["flops_per_step"] = jax_r["flops_per_step"]
+      r["achieved_flops_per_s"] = r["flops_per_step"] / (r["ms_per_step_median"] / 1e3)
+      if peak_flops:
+        r["fraction_of_peak"] = r["achieved_flops_per_s"] / peak_flops
+  for ref in ("pytorch", "pytorch_compile"):
+    if ref not in entry:
+      continue
+    for name, r in list(entry.items()):
+      if isinstance(r, dict) and r["framework"] == "jax":
+        entry[f"{name}_over_{ref}"] = (entry[ref]["ms_per_step_median"]
+                                       / r["ms_per_step_median"])
 
 
 def run(args) -> int:
+  from percdepth_jax import benchmark_workers as bw
+
   modes = _check(args)
-  jobs = _jobs(args, modes)
-  # Neither framework takes the device's memory up front (XLA's default is
-  # 75% of a GPU at start-up), so both allocate as they go.
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  if args.separate_processes and not args.only:
-    results = _run_separately(args, jobs)
-  else:
-    results = _run_in_process(args, jobs)
+  jobs = _workers(args, modes)
+  workers = [w for _, _, w in jobs]
+  try:
+    for mode, _, w in jobs:
+      _log(f"[{mode}] {w.name}: starting its worker process, building and compiling ...")
+      w.start()
+      _log(f"[{mode}] {w.name}: ready after {w.ready['compile_s']:.1f} s")
+    _log(f"timing: {args.warmup} warm-up steps, then {args.rounds} rounds x "
+         f"{args.steps} steps of each of {len(workers)} workers, one at a time")
+    bw.time_alternating(workers, args.steps, args.rounds, args.warmup,
+                        on_round=lambda r: _log(f"  round {r + 1}/{args.rounds} done"))
+    probes = [w.request("probe") for w in workers]
+  finally:
+    for w in workers:
+      w.close()
+
+  first = workers[0].ready["info"]
+  peak = first.get("peak_flops_per_s")
+  results = {
+      "device": first["device"],
+      "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+               "python": platform.python_version()},
+      "versions": {}, "encoder": args.encoder, "dtype": args.dtype, "batch": args.batch,
+      "height": args.height, "width": args.width, "steps": args.steps,
+      "rounds": args.rounds, "warmup": args.warmup,
+      "peak_flops_per_s": peak, "peak_flops_source": first.get("peak_flops_source"),
+      "separate_processes": True, "modes": {},
+  }
+  for (mode, framework, w), process in zip(jobs, probes):
+    info = w.ready["info"]
+    results["versions"].update(info.get("versions", {}))
+    if "pytorch_settings" in info:
+      results.setdefault("pytorch_settings", info["pytorch_settings"])
+    r = bw.summarize(w.times_s, args.batch, w.ready["compile_s"], w.ready["flops_per_step"],
+                     w.ready["memory_bytes"], w.ready["memory_source"], peak)
+    r.update(framework=framework, environment={k: v for k, v in w.env.items()
+                                                 if k != "XLA_PYTHON_CLIENT_PREALLOCATE"},
+             process=process)
+    results["modes"].setdefault(mode, {})[w.name] = r
   for entry in results["modes"].values():
-    jax_r = entry.get("jax")
-    for fw in FRAMEWORKS[1:]:
-      if fw in entry and jax_r:
-        # Both frameworks do the same work: credit them with XLA's FLOP count.
-        r = entry[fw]
-        r["flops_per_step"] = jax_r["flops_per_step"]
-        if r["flops_per_step"]:
-          r["achieved_flops_per_s"] = r["flops_per_step"] / (r["ms_per_step_median"] / 1e3)
-          if results["peak_flops_per_s"]:
-            r["fraction_of_peak"] = r["achieved_flops_per_s"] / results["peak_flops_per_s"]
-        entry[f"jax_over_{fw}"] = r["ms_per_step_median"] / jax_r["ms_per_step_median"]
-  if not args.only:
-    _print_table(results)
+    _ratios(entry, peak)
+  _print_table(results)
   if args.json:
     path = pathlib.Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     _log(f"wrote {path}")
   return 0
-
-
-def _run_in_process(args, jobs) -> dict:
-  """Every workload built in this process, then timed round by round in
-  alternation (A/B), so slow drifts of the machine hit all alike."""
-  import jax
-
-  from percdepth_jax import benchmarking as bench
-
-  batch_np = bench.synthetic_batch(args.batch, args.height, args.width)
-  torch_settings = None
-  if any(fw != "jax" for _, fw in jobs):
-    torch_settings = _torch_benchmark().configure(args.dtype)
-  workloads = [_build(mode, fw, args, batch_np) for mode, fw in jobs]
-  if args.only:
-    device_peak, source = bench.device_peak_memory()
-    if device_peak is not None and workloads[0].framework == "jax":
-      # Alone in its process: the device's peak is this workload's.
-      workloads[0].memory_bytes, workloads[0].memory_source = device_peak, source
-
-  peak, peak_source = bench.device_peak_flops(args.dtype)
-  _log(f"timing: {args.warmup} warm-up steps, then {args.rounds} rounds x "
-       f"{args.steps} steps of each of {len(workloads)} workloads")
-  bench.time_alternating(workloads, args.steps, args.rounds, args.warmup,
-                         on_round=lambda r: _log(f"  round {r + 1}/{args.rounds} done"))
-  results = {
-      "device": bench.device_name(),
-      "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-               "python": platform.python_version()},
-      "versions": {"jax": jax.__version__},
-      "encoder": args.encoder, "dtype": args.dtype, "batch": args.batch,
-      "height": args.height, "width": args.width, "steps": args.steps,
-      "rounds": args.rounds, "warmup": args.warmup,
-      "peak_flops_per_s": peak, "peak_flops_source": peak_source,
-      "separate_processes": False, "modes": {},
-  }
-  if torch_settings is not None:
-    results["versions"].update(_torch_benchmark().versions())
-    results["pytorch_settings"] = torch_settings
-  for w in workloads:
-    results["modes"].setdefault(w.mode, {})[w.framework] = bench.summarize(
-        w, args.batch, peak)
-  return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ RANKS = {
     "percdepth_jax.training": 3, "percdepth_jax.evaluation": 3,
     "percdepth_jax.inference": 3, "percdepth_jax.export": 3, "percdepth_jax.report": 3,
     "percdepth_jax.depth_outputs": 3, "percdepth_jax.benchmarking": 3,
+    "percdepth_jax.benchmark_workers": 3,
     "percdepth_jax.cli": 3, "percdepth_jax.demo": 3, "percdepth_jax.compile_report": 3,
     "percdepth_jax": 4,  # the package facade (__init__): load_model, predict_depth
 }

@@ -89,6 +89,15 @@ def test_resnet50_features_match_torchvision(resnet50, height, width):
     assert error <= TOLERANCE, (name, error)
 
 
+def test_torch_reference_tiny_densenet_is_the_jax_spec():
+  """The PyTorch reference writes out `densenet_tiny` (so that it never
+  imports JAX); its numbers are percdepth_jax's spec table's."""
+  from percdepth_jax.models.densenet import DENSENET_SPECS
+  spec = DENSENET_SPECS["densenet_tiny"]
+  assert torch_reference.DENSENET_TINY == (spec.growth_rate, spec.block_config,
+                                           spec.num_init_features, spec.bn_size)
+
+
 def test_resnet50_truncated_after_layer1(resnet50):
   """The perceptual network (truncated after layer1) has only stem and layer1
   and gives the same layer1 as torchvision."""

@@ -1,4 +1,11 @@
-"""The PyTorch reference's training step and inference, for scripts/benchmark.py.
+"""The PyTorch worker of scripts/benchmark.py: the reference's training step
+and inference.
+
+Run as `python -m weights_conversion.torch_benchmark SPEC` by
+`percdepth_jax.benchmark_workers`, one process per workload: it never
+imports JAX or loads the oneDNN kernels (their OpenMP team beside PyTorch's
+slows PyTorch's steps), so the constants it shares with the JAX side (loss
+weights, Adam, depth range) come in the spec.
 
 The same work as the JAX workloads in `percdepth_jax.benchmarking`: the
 reference depth model (`torch_reference.DepthModel`), the paper's four loss
@@ -15,14 +22,14 @@ default, so both sides compute at the same precision).
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 
 import numpy as np
 import torch
 import torchvision
 
-from percdepth_jax.benchmarking import Workload
-from percdepth_jax.models.config import DEPTH_NORM_SCALE, ModelConfig
+from percdepth_jax.benchmark_workers import Workload, serve, synthetic_batch
 from weights_conversion import torch_reference
 
 
@@ -91,13 +98,13 @@ def _workload(mode: str, step) -> Workload:
 def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
                    loss_weights: tuple[float, float, float, float],
                    learning_rate: float, betas: tuple[float, float],
-                   seed: int = 0, compile_model: bool = False) -> Workload:
+                   depth: dict, seed: int = 0, compile_model: bool = False) -> Workload:
   """One training step per call of run(1), on a fixed batch (`synthetic_batch`);
-  loss weights (l1, gradient, ssim, perceptual) and Adam's constants as in
-  the JAX config. compile_model: the depth network under torch.compile
-  (its compilation falls in the first, untimed step)."""
+  loss weights (l1, gradient, ssim, perceptual), Adam's constants and the
+  depth range (`depth`: min_depth, max_depth, scale of the depth_norm target,
+  its largest value) as in the JAX config. compile_model: the depth network
+  under torch.compile (its compilation falls in the first, untimed step)."""
   torch.manual_seed(seed)
-  cfg = ModelConfig(encoder=encoder)
   device, fmt = _device(), _memory_format()
   model = torch_reference.DepthModel(encoder).to(device, memory_format=fmt).train()
   resnet = torchvision.models.resnet50(weights=None).to(device, memory_format=fmt).eval()
@@ -105,17 +112,17 @@ def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
   optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=betas,
                                fused=device.type == "cuda")
   image = _to_nchw(batch["image"]).float()
-  depth = torch.from_numpy(batch["depth"])[:, None].to(device)
+  metres = torch.from_numpy(batch["depth"])[:, None].to(device)
   valid = torch.from_numpy(batch["valid"])[:, None].to(device)
-  mask = valid & torch.isfinite(depth) & (depth > 0)
-  target = DEPTH_NORM_SCALE / depth.clamp(cfg.min_depth, cfg.max_depth)
+  mask = valid & torch.isfinite(metres) & (metres > 0)
+  target = depth["scale"] / metres.clamp(depth["min_depth"], depth["max_depth"])
   forward = torch.compile(model) if compile_model else model
 
   def step() -> None:
     with _autocast(dtype):
       out = forward(image)
       total, _ = torch_reference.total_loss(
-          out.float(), target, mask, val_range=cfg.target_max_value,
+          out.float(), target, mask, val_range=depth["target_max_value"],
           resnet=resnet, weights=loss_weights)
     total.backward()
     optimizer.step()
@@ -124,24 +131,25 @@ def train_workload(encoder: str, dtype: str, batch: dict[str, np.ndarray], *,
   return _workload("train", step)
 
 
-def inference_workload(encoder: str, dtype: str, image_NxHxWx3: np.ndarray,
-                       seed: int = 0, compile_model: bool = False) -> Workload:
+def inference_workload(encoder: str, dtype: str, image_NxHxWx3: np.ndarray, *,
+                       depth: dict, seed: int = 0, compile_model: bool = False) -> Workload:
   """Depth in metres with flip test-time averaging, under inference_mode
-  (compile_model: the network under torch.compile)."""
+  (depth: as for train_workload; compile_model: the network under
+  torch.compile)."""
   torch.manual_seed(seed)
-  cfg = ModelConfig(encoder=encoder)
   model = torch_reference.DepthModel(encoder).to(_device(), memory_format=_memory_format())
   model.eval()
   forward = torch.compile(model) if compile_model else model
   image = _to_nchw(image_NxHxWx3).float()
-  lo, hi = DEPTH_NORM_SCALE / cfg.max_depth, DEPTH_NORM_SCALE / cfg.min_depth
+  scale = depth["scale"]
+  lo, hi = scale / depth["max_depth"], scale / depth["min_depth"]
 
   @torch.inference_mode()
   def predict() -> torch.Tensor:
     with _autocast(dtype):
       out = forward(image).float()
       flipped = forward(image.flip(3)).float().flip(3)
-    metres = lambda o: DEPTH_NORM_SCALE / o.clamp(lo, hi)
+    metres = lambda o: scale / o.clamp(lo, hi)
     return 0.5 * (metres(out) + metres(flipped))
 
   return _workload("inference", predict)
@@ -149,3 +157,24 @@ def inference_workload(encoder: str, dtype: str, image_NxHxWx3: np.ndarray,
 
 def versions() -> dict:
   return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def build(spec: dict) -> Workload:
+  """The workload a worker's spec names (see scripts/benchmark.py)."""
+  settings = configure(spec["dtype"])
+  batch = synthetic_batch(spec["batch"], spec["height"], spec["width"])
+  compile_model = spec.get("compile_model", False)
+  if spec["mode"] == "train":
+    w = train_workload(spec["encoder"], spec["dtype"], batch,
+                       loss_weights=tuple(spec["loss_weights"]),
+                       learning_rate=spec["learning_rate"], betas=tuple(spec["betas"]),
+                       depth=spec["depth"], compile_model=compile_model)
+  else:
+    w = inference_workload(spec["encoder"], spec["dtype"], batch["image"],
+                           depth=spec["depth"], compile_model=compile_model)
+  w.info = {"versions": versions(), "pytorch_settings": settings}
+  return w
+
+
+if __name__ == "__main__":
+  sys.exit(serve(build))

@@ -62,14 +62,20 @@ class Decoder(nn.Module):
     return self.conv3(x)
 
 
+# percdepth_jax's `densenet_tiny` (growth rate, block config, initial
+# features, bn_size), for tests; written out here so that this module never
+# imports JAX (the benchmark's PyTorch worker must not). tests/test_parity.py
+# checks it against percdepth_jax's spec table.
+DENSENET_TINY = (8, (1, 1, 1, 1), 16, 2)
+
+
 def torchvision_densenet(arch: str) -> torchvision.models.DenseNet:
   """A random-init torchvision DenseNet; `densenet_tiny` (the toy size of
   percdepth_jax's spec table, for tests) built from the same constructor."""
   if arch == "densenet_tiny":
-    from percdepth_jax.models.densenet import DENSENET_SPECS
-    spec = DENSENET_SPECS[arch]
-    return torchvision.models.DenseNet(spec.growth_rate, spec.block_config,
-                                       spec.num_init_features, spec.bn_size)
+    growth_rate, block_config, num_init_features, bn_size = DENSENET_TINY
+    return torchvision.models.DenseNet(growth_rate, block_config, num_init_features,
+                                       bn_size)
   return getattr(torchvision.models, arch)(weights=None)
 
 
