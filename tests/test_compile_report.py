@@ -117,6 +117,52 @@ def test_the_guard_catches_onednn_custom_calls(h100):
              for kind in ("forward", "input_grad", "weight_grad"))
 
 
+@needs_onednn
+def test_one_traced_step_compiles_for_an_h100_and_runs_on_the_cpu(h100):
+  """The kernels are chosen where a program is lowered: one jitted train
+  step (tiny config, default settings, oneDNN on) compiled without the
+  hardware for an H100 has no CPU piece and runs every convolution on
+  cuDNN; the same function run here on the CPU calls oneDNN and gives the
+  losses of the step traced with the CPU kernels off (XLA's own)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from percdepth_jax.benchmark_workers import synthetic_batch
+  from percdepth_jax.models import DepthNet
+  from percdepth_jax.training import step as step_lib
+
+  target, _ = h100
+  config = tiny_config()
+  model = DepthNet(initial_weights.run_model_config(config), rngs=nnx.Rngs(0))
+  tx = step_lib.make_optimizer(config)
+  graphdef, state = step_lib.init_state(model, tx)
+  perceptual_graphdef, perceptual_state = nnx.split(
+      initial_weights.build_perceptual_net(config))
+  batch = jax.tree.map(jnp.asarray, synthetic_batch(4, 64, 64))
+  args = (state, perceptual_state, batch)
+
+  def new_step():
+    return jax.jit(step_lib.make_train_step(graphdef, perceptual_graphdef, tx, config))
+
+  step = new_step()
+  device = jax.sharding.SingleDeviceSharding(targets.topology_devices(target)[0])
+  lowered = step.trace(*jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), args)).lower()
+  gpu_text = lowered.compile(compile_report.compiler_options(target)).as_text()
+  assert compile_report.cpu_only_pieces(
+      gpu_text, lowered.as_text(debug_info=True), "cuda") == []
+  kernels = compile_report.kernel_counts(gpu_text)
+  assert kernels.get("cuDNN backward-filter", 0) > 0 and "XLA convolution" not in kernels
+
+  assert "percdepth_onednn_conv_weight_grad" in step.lower(*args).as_text()
+  _, metrics = step(*args)
+  with convolution.cpu_gradient_kernels(False):
+    _, reference = new_step()(*args)
+  for name in ("loss", "grad_norm"):
+    np.testing.assert_allclose(metrics[name], reference[name], rtol=1e-4, err_msg=name)
+
+
 def test_eight_h100s_split_the_batch_and_all_reduce():
   """Data parallel over 8 H100s at global batch 32: each device holds 4
   images, so its batch-dependent memory is about 1/8 of one device holding

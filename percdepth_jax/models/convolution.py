@@ -18,17 +18,24 @@ docs/benchmarks.md). They are on by default; `PERCDEPTH_ONEDNN=0` in the
 environment or `onednn_kernels(False)` keeps the pure-JAX kernels.
 
 The same switch selects `cpu_layer_grads`' max pool and resize in
-`layers.py`. These kernels are `jax.custom_vjp`s (reverse mode only) and
-are on by default when JAX's default backend is the CPU.
-`cpu_gradient_kernels(False)` turns them off, for forward-mode
-differentiation (`jax.jvp`, `jax.jacfwd`) or to compare against XLA's own
-gradients. The choice is made when a function is traced: jitted functions
-keep the setting they were traced with.
+`layers.py`. These kernels are `jax.custom_vjp`s (reverse mode only). By
+default the choice is made where the program is lowered, not where it is
+traced (`on_cpu`, `jax.lax.platform_dependent`): a program lowered for the
+CPU runs the kernels, the same traced program lowered for a GPU or TPU
+runs XLA's own convolutions and gradients (cuDNN's), so a train step traced
+on a CPU host compiles ahead of time for an H100, and `jax.export` for
+("cpu", "cuda") carries both. `cpu_gradient_kernels(False)` turns the
+kernels off everywhere, for forward-mode differentiation (`jax.jvp`,
+`jax.jacfwd`) or to compare against XLA's own gradients;
+`cpu_gradient_kernels(True)` forces them on every platform (to check that
+the accelerator guard catches them). Jitted functions keep the setting
+they were traced with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Iterator
 
@@ -37,15 +44,23 @@ import jax.numpy as jnp
 
 from percdepth_jax.models import cpu_conv_grads, onednn
 
-_cpu_gradient_kernels: bool | None = None  # None: on when the backend is the CPU
+_cpu_gradient_kernels: bool | None = None  # None: chosen per platform at lowering
 _onednn_kernels: bool = os.environ.get("PERCDEPTH_ONEDNN", "1") != "0"
 _ONEDNN_DTYPES = (jnp.float32, jnp.bfloat16)
 
 
 def cpu_gradient_kernels_enabled() -> bool:
+  """Whether traced programs hold the CPU kernels (on the CPU, by default)."""
+  return _cpu_gradient_kernels is not False
+
+
+def on_cpu(cpu_fn, generic_fn, *operands):
+  """cpu_fn(*operands) where the program is lowered for the CPU, generic_fn
+  elsewhere (both are traced; lowering keeps one). With the kernels forced
+  on or off, that one alone."""
   if _cpu_gradient_kernels is None:
-    return jax.default_backend() == "cpu"
-  return _cpu_gradient_kernels
+    return jax.lax.platform_dependent(*operands, cpu=cpu_fn, default=generic_fn)
+  return (cpu_fn if _cpu_gradient_kernels else generic_fn)(*operands)
 
 
 @contextlib.contextmanager
@@ -75,19 +90,36 @@ def onednn_kernels(enabled: bool) -> Iterator[None]:
 def conv2d(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int = 1,
            padding: int = 0) -> jax.Array:
   """PyTorch's `F.conv2d(x, w, stride=stride, padding=padding)` in NHWC."""
+  if kernel_KxKxCxD.shape[0] == 1 and padding == 0 and stride > 1:
+    x_BxHxWxC = x_BxHxWxC[:, ::stride, ::stride, :]
+    stride = 1
+  return on_cpu(functools.partial(_cpu_conv, stride=stride, padding=padding),
+                functools.partial(_generic_conv, stride=stride, padding=padding),
+                x_BxHxWxC, kernel_KxKxCxD)
+
+
+def _generic_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
+                  padding: int) -> jax.Array:
+  """XLA's own convolution (cuDNN's on GPUs); 1x1 ones as a matrix product."""
+  if kernel_KxKxCxD.shape[0] == 1 and padding == 0:
+    return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_KxKxCxD[0, 0])
+  return cpu_conv_grads.lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
+
+
+def _cpu_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
+              padding: int) -> jax.Array:
+  """The same convolution with the CPU kernels' gradients."""
   size = kernel_KxKxCxD.shape[0]
   if size == 1 and padding == 0:
-    if stride > 1:
-      x_BxHxWxC = x_BxHxWxC[:, ::stride, ::stride, :]
-    if cpu_gradient_kernels_enabled():
-      return cpu_conv_grads.conv1x1(x_BxHxWxC, kernel_KxKxCxD[0, 0])
-    return jnp.einsum("bhwc,cd->bhwd", x_BxHxWxC, kernel_KxKxCxD[0, 0])
+    return cpu_conv_grads.conv1x1(x_BxHxWxC, kernel_KxKxCxD[0, 0])
+  # oneDNN is built and registered on a CPU host only (never for a program a
+  # GPU host lowers for its CPU).
   if (_onednn_kernels and size == 3 and x_BxHxWxC.dtype in _ONEDNN_DTYPES
-      and kernel_KxKxCxD.dtype == x_BxHxWxC.dtype and cpu_gradient_kernels_enabled()
+      and kernel_KxKxCxD.dtype == x_BxHxWxC.dtype and jax.default_backend() == "cpu"
       and onednn.available()):
     return cpu_conv_grads.onednn_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
   # The 7x7 RGB stems keep XLA's gradient: an im2col weight gradient was
   # faster only below ~20,000 output pixels (docs/benchmarks.md).
-  if cpu_gradient_kernels_enabled() and size == 3 and stride == 1 and padding == 1:
+  if size == 3 and stride == 1 and padding == 1:
     return cpu_conv_grads.conv3x3_same(x_BxHxWxC, kernel_KxKxCxD)
   return cpu_conv_grads.lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)

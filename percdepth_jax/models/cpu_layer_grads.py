@@ -23,7 +23,7 @@ window's gradient to its first maximum in scan order, as `F.max_pool2d`
 does; the resize equals `F.interpolate(mode="bilinear",
 align_corners=True)` and its gradient. Like the convolution kernels they
 support reverse-mode differentiation only; `models/layers.py` uses them
-when `convolution.cpu_gradient_kernels_enabled()`.
+where a program is lowered for the CPU (`convolution.on_cpu`).
 """
 
 from __future__ import annotations

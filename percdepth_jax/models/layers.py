@@ -165,9 +165,8 @@ def max_pool_3x3_s2_p1(x_BxHxWxC: jax.Array) -> jax.Array:
   between the tied inputs; after a ReLU ties are zeros, whose gradient the
   ReLU discards either way).
   """
-  if convolution.cpu_gradient_kernels_enabled():
-    return cpu_layer_grads.max_pool_3x3_s2_p1(x_BxHxWxC)
-  return functools.reduce(jnp.maximum, cpu_layer_grads.max_pool_taps(x_BxHxWxC))
+  generic = lambda x: functools.reduce(jnp.maximum, cpu_layer_grads.max_pool_taps(x))
+  return convolution.on_cpu(cpu_layer_grads.max_pool_3x3_s2_p1, generic, x_BxHxWxC)
 
 
 def avg_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
@@ -188,8 +187,15 @@ def resize_bilinear_align_corners(x_BxHxWxC: jax.Array, height: int,
   _, in_h, in_w, _ = x_BxHxWxC.shape
   if (in_h, in_w) == (height, width):
     return x_BxHxWxC
-  if convolution.cpu_gradient_kernels_enabled():
-    return cpu_layer_grads.resize_bilinear_align_corners(x_BxHxWxC, height, width)
+  return convolution.on_cpu(
+      functools.partial(cpu_layer_grads.resize_bilinear_align_corners, height=height,
+                        width=width),
+      functools.partial(_resize_by_matrices, height=height, width=width), x_BxHxWxC)
+
+
+def _resize_by_matrices(x_BxHxWxC: jax.Array, height: int, width: int) -> jax.Array:
+  """The resize as two interpolation matrices (any backend, both AD modes)."""
+  _, in_h, in_w, _ = x_BxHxWxC.shape
   dtype = x_BxHxWxC.dtype
   positions = cpu_layer_grads.position_dtype(dtype)
   rows_HxI = jnp.asarray(cpu_layer_grads.align_corners_matrix(in_h, height, positions), dtype)
