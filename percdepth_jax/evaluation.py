@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 from percdepth_jax import edges as edges_lib
 from percdepth_jax import metrics as metrics_lib
 from percdepth_jax.data.pipeline import make_eval_iterator, num_eval_batches
-from percdepth_jax.inference import compiled_depth_metres
+from percdepth_jax.inference import NATIVE, Resolution, compiled_depth_metres, run_size
 from percdepth_jax.models import DepthNet
 
 
@@ -38,14 +38,17 @@ def _to_host(x: jax.Array) -> np.ndarray:
 def evaluate_protocols(model: DepthNet, source, protocols: Sequence[str] = ("densedepth",),
                        *, edges: bool = False, flip: bool = True, batch_size: int = 8,
                        max_examples: int = 0, num_samples: int = 0, sharding=None,
-                       progress: bool = False
+                       progress: bool = False, resolution: Resolution = NATIVE
                        ) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
   """Metrics of `model` on `source` under several protocols in one pass.
 
   The network runs once per batch on the full frames (shared by every
   protocol that evaluates full-frame predictions, and by the edge metrics)
   and once on each distinct crop of the protocols that crop the image before
-  prediction (`big_vision`).
+  prediction (`big_vision`). `resolution` as in `inference.predict_depth`;
+  the default here, "native", runs at the data's own size (training
+  evaluates on frames of its training size); scripts/evaluate.py passes
+  "train".
 
   Returns (result, samples): result = {"protocols": {name: metrics},
   "num_images": n} plus, with edges=True, "edges": {"dbe_acc", "dbe_com",
@@ -67,6 +70,8 @@ def evaluate_protocols(model: DepthNet, source, protocols: Sequence[str] = ("den
   full_frame = edges or any(not p.crop_before_prediction for p in specs)
   samples: list[dict[str, np.ndarray]] = []
   total = num_eval_batches(source, batch_size)
+  predict = lambda image: _to_host(compiled_depth_metres(
+      model, image, flip=flip, size=run_size(model, *image.shape[1:3], resolution)))
   t0 = time.perf_counter()
   iterator = make_eval_iterator(source, batch_size, sharding=sharding)
   num_evaluated = 0  # examples a skip_bad source skipped are not counted
@@ -78,7 +83,7 @@ def evaluate_protocols(model: DepthNet, source, protocols: Sequence[str] = ("den
     height, width = gt.shape[1:3]
     views = []  # (image, gt, valid, pred) as the sample grid shows them.
     if full_frame:
-      pred = _to_host(compiled_depth_metres(model, batch["image"], flip=flip))[real]
+      pred = predict(batch["image"])[real]
       views.append((host["image"][real], gt, valid, pred))
       for p in specs:
         if not p.crop_before_prediction:
@@ -91,8 +96,7 @@ def evaluate_protocols(model: DepthNet, source, protocols: Sequence[str] = ("den
         continue
       r0, r1, c0, c1 = window = metrics_lib.crop_window(height, width, p)
       if window not in cropped_preds:
-        cropped_preds[window] = _to_host(compiled_depth_metres(
-            model, batch["image"][:, r0:r1, c0:c1], flip=flip))[real]
+        cropped_preds[window] = predict(batch["image"][:, r0:r1, c0:c1])[real]
         views.append((host["image"][real][:, r0:r1, c0:c1], gt[:, r0:r1, c0:c1],
                       valid[:, r0:r1, c0:c1], cropped_preds[window]))
       accumulators[p.name].update(gt[:, r0:r1, c0:c1], cropped_preds[window],
@@ -120,7 +124,7 @@ def evaluate_protocols(model: DepthNet, source, protocols: Sequence[str] = ("den
 def evaluate(model: DepthNet, source, *, protocol: str = "densedepth",
              flip: bool = True, batch_size: int = 8, max_examples: int = 0,
              num_samples: int = 0, sharding=None, progress: bool = False,
-             edges: bool = False
+             edges: bool = False, resolution: Resolution = NATIVE
              ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
   """Metrics of `model` on every example of `source` (or the first max_examples).
 
@@ -133,7 +137,7 @@ def evaluate(model: DepthNet, source, *, protocol: str = "densedepth",
   result, samples = evaluate_protocols(
       model, source, (protocol,), edges=edges, flip=flip, batch_size=batch_size,
       max_examples=max_examples, num_samples=num_samples, sharding=sharding,
-      progress=progress)
+      progress=progress, resolution=resolution)
   metrics = dict(result["protocols"][metrics_lib.get_protocol(protocol).name])
   metrics["num_images"] = result["num_images"]
   if "num_images_skipped" in result:

@@ -6,7 +6,10 @@ Both formats hold the same function, with the weights baked in as constants:
   -> depth_Nx{H}x{W} float32 metres, clipped to the model's [min_depth, max_depth]
 
 H and W are fixed at export time (multiples of 32); the flip test-time
-averaging of `predict_depth` is included unless flip=False. A JSON sidecar
+averaging of `predict_depth` is included unless flip=False. The network
+inside runs at `size`: by default (resolution "train") about the pixel
+count the model was trained at, the image resized there and the depth
+resized back inside the graph, as `predict_depth` does. A JSON sidecar
 (`<file>.json`, see `describe`) states this contract for users.
 
 StableHLO runs wherever jax runs (with flatbuffers installed, which jax
@@ -34,7 +37,7 @@ from flax import nnx
 
 from percdepth_jax.compare import relative_max_error
 from percdepth_jax.errors import UserInputError
-from percdepth_jax.inference import network_metres
+from percdepth_jax.inference import NATIVE, Resolution, network_metres, run_size
 from percdepth_jax.models import INPUT_MULTIPLE, DepthNet, convolution
 
 INPUT_NAME = "image"
@@ -76,34 +79,51 @@ def _resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   return np.asarray(jax.image.resize(eye, (out_size, in_size), "linear"))
 
 
+def network_input_size(model: DepthNet, height: int, width: int,
+                       resolution: Resolution) -> tuple[int, int]:
+  """Where the exported network runs for height x width images."""
+  check_size(height, width)
+  return run_size(model, height, width, resolution)
+
+
 def depth_function(model: DepthNet, height: int, width: int, *,
-                   flip: bool = True) -> Callable[[jax.Array], jax.Array]:
+                   flip: bool = True, resolution: Resolution = NATIVE
+                   ) -> Callable[[jax.Array], jax.Array]:
   """uint8 `image_NxHxWx3` -> float32 metres `depth_NxHxW`, weights as constants.
 
-  `inference.depth_metres` at a multiple-of-32 size: the network, metres,
-  and the flip average. The model's state is split off once and closed over,
-  so tracing embeds every parameter and BatchNorm statistic in the graph and
-  the exported file needs nothing else. A half-resolution output
-  (output_stride 2) is upsampled by two matrix products holding
-  `jax.image.resize`'s weights: jax2onnx's resize cannot take a symbolic
-  batch, and einsum exports everywhere.
+  `inference.depth_metres` at a multiple-of-32 size: the network (at
+  `network_input_size`), metres, and the flip average. The model's state is
+  split off once and closed over, so tracing embeds every parameter and
+  BatchNorm statistic in the graph and the exported file needs nothing
+  else. Resizing (the image to the network's size, its output back to
+  H x W) is two matrix products each, holding `jax.image.resize`'s weights:
+  jax2onnx's resize cannot take a symbolic batch, and einsum exports
+  everywhere.
   """
   if not isinstance(model, DepthNet):
     raise UserInputError(f"export needs a DepthNet, got {type(model).__name__}.")
-  check_size(height, width)
+  net_h, net_w = network_input_size(model, height, width, resolution)
   graphdef, state = nnx.split(model)
   stride = model.config.output_stride
-  if stride > 1:
-    rows_HxI = _resize_matrix(height // stride, height)
-    cols_WxJ = _resize_matrix(width // stride, width)
+  out_h, out_w = net_h // stride, net_w // stride
+  resize_in = (net_h, net_w) != (height, width)
+  resize_out = (out_h, out_w) != (height, width)
+  if resize_in:
+    rows_IxH, cols_JxW = _resize_matrix(height, net_h), _resize_matrix(width, net_w)
+  if resize_out:
+    rows_HxI, cols_WxJ = _resize_matrix(out_h, height), _resize_matrix(out_w, width)
 
   def depth_fn(image_NxHxWx3: jax.Array) -> jax.Array:
     net = nnx.merge(graphdef, state)
+    x = image_NxHxWx3.astype(jnp.float32)
+    if resize_in:
+      x = jnp.einsum("ih,nhwc->niwc", rows_IxH, x)
+      x = jnp.einsum("jw,niwc->nijc", cols_JxW, x)
     # The plain formulations (no CPU gradient kernels): the exported graph
     # is forward-only and the same whichever backend traced it.
     with convolution.cpu_gradient_kernels(False):
-      depth_NxIxJ = network_metres(net, image_NxHxWx3.astype(jnp.float32), flip)[..., 0]
-    if stride == 1:
+      depth_NxIxJ = network_metres(net, x, flip)[..., 0]
+    if not resize_out:
       return depth_NxIxJ
     depth_NxHxJ = jnp.einsum("hi,nij->nhj", rows_HxI, depth_NxIxJ)
     return jnp.einsum("wj,nhj->nhw", cols_WxJ, depth_NxHxJ)
@@ -119,7 +139,8 @@ def input_spec(height: int, width: int, batch: str = "N") -> jax.ShapeDtypeStruc
 
 def export_stablehlo(model: DepthNet, height: int, width: int, *,
                      flip: bool = True,
-                     platforms: tuple[str, ...] = DEFAULT_PLATFORMS) -> bytes:
+                     platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
+                     resolution: Resolution = NATIVE) -> bytes:
   """Serialized `jax.export.Exported` of `depth_function` (one file's bytes)."""
   check_size(height, width)
   check_platforms(platforms)
@@ -127,7 +148,7 @@ def export_stablehlo(model: DepthNet, height: int, width: int, *,
     # jax needs it to (de)serialize an Exported but does not depend on it.
     raise UserInputError("StableHLO export needs the flatbuffers package: "
                          "pip install flatbuffers")
-  fn = jax.jit(depth_function(model, height, width, flip=flip))
+  fn = jax.jit(depth_function(model, height, width, flip=flip, resolution=resolution))
   exported = jax.export.export(fn, platforms=platforms)(input_spec(height, width))
   return bytes(exported.serialize())
 
@@ -143,14 +164,14 @@ def require_onnx() -> None:
 
 
 def export_onnx(model: DepthNet, height: int, width: int, *,
-                flip: bool = True) -> Any:
+                flip: bool = True, resolution: Resolution = NATIVE) -> Any:
   """`depth_function` as a checked `onnx.ModelProto` (dynamic batch "N")."""
   check_size(height, width)
   require_onnx()
   import onnx
   from jax2onnx import to_onnx
 
-  proto = to_onnx(depth_function(model, height, width, flip=flip),
+  proto = to_onnx(depth_function(model, height, width, flip=flip, resolution=resolution),
                   [input_spec(height, width)],
                   model_name="percdepth_jax_depth", opset=ONNX_OPSET,
                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
@@ -171,7 +192,8 @@ def onnx_session(model_bytes_or_path: Any) -> Any:
 
 
 def check_onnx(model: DepthNet, model_bytes: bytes, height: int, width: int, *,
-               flip: bool, batch: int = 2, seed: int = 0) -> float:
+               flip: bool, batch: int = 2, seed: int = 0,
+               resolution: Resolution = NATIVE) -> float:
   """Relative max error of onnxruntime against JAX on random images.
 
   Converters can drop an attribute without failing (docs/design.md,
@@ -180,7 +202,8 @@ def check_onnx(model: DepthNet, model_bytes: bytes, height: int, width: int, *,
   """
   image = np.random.RandomState(seed).randint(
       0, 256, (batch, height, width, 3)).astype(np.uint8)
-  reference = jax.jit(depth_function(model, height, width, flip=flip))(image)
+  reference = jax.jit(depth_function(model, height, width, flip=flip,
+                                     resolution=resolution))(image)
   (depth,) = onnx_session(model_bytes).run([OUTPUT_NAME], {INPUT_NAME: image})
   return relative_max_error(depth, np.asarray(reference))
 

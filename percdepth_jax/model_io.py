@@ -5,6 +5,7 @@ workdir for a model. The files' layout is `percdepth_jax.storage`.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import shutil
@@ -21,6 +22,8 @@ from percdepth_jax.errors import UserInputError
 from percdepth_jax.models import DenseNet, DepthNet, ModelConfig, ResNet50
 from percdepth_jax.models.resnet import STAGES
 from percdepth_jax.storage import read_model_json, split_checkpoint_spec
+
+_log = logging.getLogger(__name__)
 
 
 def build_module(kind: str, config: dict[str, Any], *, seed: int = 0,
@@ -60,8 +63,13 @@ def fill_module(abstract_module: nnx.Module,
 
 
 def save_model(module: nnx.Module, directory: str | os.PathLike, *, kind: str,
-               config: dict[str, Any], source: dict[str, Any] | None = None) -> None:
-  """Writes `module` as a model directory; the directory appears complete or not at all."""
+               config: dict[str, Any], source: dict[str, Any] | None = None,
+               train_resolution: tuple[int, int] | None = None) -> None:
+  """Writes `module` as a model directory; the directory appears complete or not at all.
+
+  train_resolution: (height, width) of the frames a depth model was trained
+  at; prediction runs the network at about that many pixels.
+  """
   directory = pathlib.Path(directory).absolute()
   if directory.exists() and any(directory.iterdir()):
     raise UserInputError(
@@ -71,7 +79,8 @@ def save_model(module: nnx.Module, directory: str | os.PathLike, *, kind: str,
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
   try:
     storage.save_state(tmp, nnx.to_pure_dict(nnx.state(module)))
-    storage.write_model_json(tmp, storage.model_json(kind, config, source))
+    storage.write_model_json(tmp, storage.model_json(kind, config, source,
+                                                     train_resolution))
     if directory.exists():
       directory.rmdir()
     tmp.rename(directory)
@@ -110,6 +119,19 @@ def _check_kind(meta: dict[str, Any], directory: pathlib.Path,
            "pass the matching model directory."))
 
 
+def _record_resolution(module: nnx.Module, directory: pathlib.Path,
+                       meta: dict[str, Any]) -> nnx.Module:
+  """Sets `module.train_resolution` (read by `inference.predict_depth`)."""
+  if meta["kind"] == "depth_net":
+    resolution, origin = storage.read_train_resolution(directory, meta)
+    if resolution is not None and origin.startswith("assumed"):
+      _log.warning("%s records no training resolution: %dx%d %s; predictions run "
+                   "at about that many pixels (convert it again to record it, or "
+                   "pass --resolution).", directory, *resolution, origin)
+    module.train_resolution = resolution
+  return module
+
+
 def load_model_with_step(path: str | os.PathLike, *,
                          expect_kind: str | None = "depth_net"
                          ) -> tuple[nnx.Module, int | None]:
@@ -128,14 +150,16 @@ def load_model_with_step(path: str | os.PathLike, *,
           + (" (a best checkpoint is written at the first evaluation)."
              if which == "best" else "; train longer or pass another directory."))
     module.eval()
-    return module, step
+    return _record_resolution(module, directory, meta), step
   return load_model(directory, expect_kind=expect_kind), None
 
 
 def load_model(path: str | os.PathLike, *, expect_kind: str | None = "depth_net"
                ) -> nnx.Module:
   """Loads a model in eval mode: a converted model directory, or a training
-  workdir (its latest checkpoint; `DIR:best` for the best by d1).
+  workdir (its latest checkpoint; `DIR:best` for the best by d1). A depth
+  model carries `train_resolution`, the (height, width) of its training
+  frames (None where the directory does not say), for `predict_depth`.
 
   Args:
     path: a directory written by weight conversion (or `save_model`), or a
@@ -162,7 +186,7 @@ def load_model(path: str | os.PathLike, *, expect_kind: str | None = "depth_net"
   nnx.replace_by_pure_dict(state, restored)
   module = nnx.merge(graphdef, state)
   module.eval()
-  return module
+  return _record_resolution(module, directory, meta)
 
 
 def _describe(meta: dict[str, Any]) -> str:

@@ -6,12 +6,15 @@ it and never write these files themselves).
 A model directory (what weight conversion writes, `model_io.save_model`):
   DIR/model.json   {"format": "percdepth_jax.model", "version": 1,
                     "kind": "depth_net" | "densenet" | "resnet50",
-                    "config": {...}, "source": {...}}
+                    "config": {...}, "source": {...},
+                    "train_resolution": [height, width]}  (depth models:
+                    the frame size they were trained at)
   DIR/state/       Orbax checkpoint of the parameters and BatchNorm statistics
 
 A training workdir:
   model.json            the model config (the same format, kind depth_net)
-  config.json           the training config as run
+  config.json           the training config as run, with "train_resolution":
+                        the training frames' size before any crop
   checkpoints/<step>/   latest N: model (params + batch stats; the params'
                         moving average when the run keeps one), train
                         (optimizer state, step; then also the raw params),
@@ -41,13 +44,21 @@ CONFIG_JSON = "config.json"
 STATE_DIR = "state"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+TRAIN_RESOLUTION = "train_resolution"
+# NYU Depth v2's frames: what DenseDepth's and the paper's models trained on.
+NYU_RESOLUTION = (480, 640)
+_NYU_FORMATS = ("densedepth", "densedepth-keras")  # converted formats
 
 
 def model_json(kind: str, config: dict[str, Any],
-               source: dict[str, Any] | None = None) -> dict[str, Any]:
+               source: dict[str, Any] | None = None,
+               train_resolution: tuple[int, int] | None = None) -> dict[str, Any]:
   """The contents of a model.json."""
-  return {"format": FORMAT, "version": VERSION, "kind": kind, "config": config,
+  meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": config,
           "source": source or {}}
+  if train_resolution is not None:
+    meta[TRAIN_RESOLUTION] = [int(v) for v in train_resolution]
+  return meta
 
 
 def write_model_json(directory: pathlib.Path, meta: dict[str, Any]) -> None:
@@ -74,6 +85,33 @@ def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
     raise UserInputError(f"{path} has format version {meta['version']}, newer "
                          f"than this code's {VERSION}; update percdepth_jax.")
   return meta
+
+
+def read_train_resolution(directory: str | os.PathLike, meta: dict[str, Any]
+                          ) -> tuple[tuple[int, int] | None, str]:
+  """(height, width) of the frames a model directory's or workdir's model was
+  trained at, or None, and where that came from (for a log line).
+
+  Recorded in model.json (model directories) or config.json (workdirs).
+  Older ones: a workdir's synthetic scenes were rendered at its
+  data.height x data.width; a converted DenseDepth checkpoint is NYU's.
+  """
+  if meta.get(TRAIN_RESOLUTION):
+    return tuple(meta[TRAIN_RESOLUTION]), "recorded"
+  run = pathlib.Path(directory) / CONFIG_JSON
+  if run.is_file():
+    try:
+      recorded = json.loads(run.read_text())
+    except json.JSONDecodeError:
+      recorded = {}
+    if recorded.get(TRAIN_RESOLUTION):
+      return tuple(recorded[TRAIN_RESOLUTION]), "recorded"
+    data = recorded.get("data", {})
+    if str(data.get("train", "")).startswith("synthetic:") and data.get("height"):
+      return (int(data["height"]), int(data["width"])), "the synthetic scenes' size"
+  if meta.get("source", {}).get("format") in _NYU_FORMATS:
+    return NYU_RESOLUTION, "assumed: NYU's frames, as DenseDepth trained"
+  return None, "not recorded"
 
 
 def split_checkpoint_spec(path: str | os.PathLike) -> tuple[pathlib.Path, str]:

@@ -1,12 +1,15 @@
 """Export a depth model as one file that runs without this code: StableHLO or ONNX.
 
-  python scripts/export.py --checkpoint DIR[:best] --format stablehlo|onnx --output FILE [--height H --width W] [--no-flip] [--platforms cpu,cuda]
+  python scripts/export.py --checkpoint DIR[:best] --format stablehlo|onnx --output FILE [--height H --width W] [--resolution train|native|HxW] [--no-flip] [--platforms cpu,cuda]
 
 The file maps uint8 RGB images N x H x W x 3 (N free) to float32 depth in
 metres N x H x W, weights included; H and W (default 480x640, NYU) are fixed
 at export and must be multiples of 32. Flip test-time averaging is included
-unless --no-flip. FILE.json describes the contract (names, shapes, dtypes,
-units, flip, checkpoint and step).
+unless --no-flip. --resolution: where the network inside runs, as in
+predict.py: train (default; about the pixel count of the model's training
+frames, the image resized there and the depth back inside the file),
+native (at H x W) or HxW. FILE.json describes the contract (names, shapes,
+dtypes, units, flip, network size, checkpoint and step).
 
   stablehlo: a serialized jax.export artifact, lowered for --platforms;
     run with only jax (and flatbuffers) installed:
@@ -42,6 +45,8 @@ flags.DEFINE_string("output", None, "file to write (and FILE.json)", flag_values
 flags.DEFINE_integer("height", 480, "input height, multiple of 32", flag_values=FLAGS)
 flags.DEFINE_integer("width", 640, "input width, multiple of 32", flag_values=FLAGS)
 flags.DEFINE_bool("no-flip", False, "no flip test-time averaging", flag_values=FLAGS)
+flags.DEFINE_string("resolution", "train", "where the network runs: train, native or HxW",
+                    flag_values=FLAGS)
 flags.DEFINE_string("platforms", "cpu,cuda",
                     "stablehlo only: comma-separated jax platforms to lower for",
                     flag_values=FLAGS)
@@ -65,10 +70,12 @@ def _log(message: str, t0: float) -> None:
 
 def run(args) -> int:
   from percdepth_jax import export
+  from percdepth_jax.inference import parse_resolution
 
   t0 = time.perf_counter()
   flip = not args.no_flip
   export.check_size(args.height, args.width)
+  resolution = parse_resolution(args.resolution)
   platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
   export.check_platforms(platforms)
   if args.format == "onnx":
@@ -80,20 +87,23 @@ def run(args) -> int:
   from percdepth_jax.model_io import load_model_with_step
   _log(f"loading {args.checkpoint}", t0)
   model, step = load_model_with_step(args.checkpoint)
-  size = f"{args.height}x{args.width}"
-  extra = {}
+  net_h, net_w = export.network_input_size(model, args.height, args.width, resolution)
+  size = f"{args.height} x {args.width} x 3 (network at {net_h}x{net_w})"
+  extra = {"resolution": args.resolution, "network_size": [net_h, net_w]}
   if args.format == "stablehlo":
-    _log(f"tracing and lowering at N x {size} x 3 for {','.join(platforms)} "
+    _log(f"tracing and lowering at N x {size} for {','.join(platforms)} "
          f"(flip={flip})", t0)
     data = export.export_stablehlo(model, args.height, args.width, flip=flip,
-                                   platforms=platforms)
+                                   platforms=platforms, resolution=resolution)
     extra["platforms"] = list(platforms)
   else:
-    _log(f"converting with jax2onnx at N x {size} x 3 (flip={flip})", t0)
-    data = export.export_onnx(model, args.height, args.width, flip=flip)
+    _log(f"converting with jax2onnx at N x {size}, flip={flip}", t0)
+    data = export.export_onnx(model, args.height, args.width, flip=flip,
+                              resolution=resolution)
     data = data.SerializeToString()
     _log("checking onnxruntime against JAX on random images", t0)
-    error = export.check_onnx(model, data, args.height, args.width, flip=flip)
+    error = export.check_onnx(model, data, args.height, args.width, flip=flip,
+                              resolution=resolution)
     _log(f"relative max error {error:.2e} (tolerance {ONNX_TOLERANCE:.0e})", t0)
     if not error <= ONNX_TOLERANCE:
       print(f"error: the ONNX model disagrees with JAX (relative max error "

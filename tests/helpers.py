@@ -66,11 +66,13 @@ def nyu_images(height: int, width: int) -> np.ndarray:
   return np.stack([rgb for rgb, _, _ in real_frames(height, width)])
 
 
-def save_toy_model(path: pathlib.Path, **config_fields) -> pathlib.Path:
+def save_toy_model(path: pathlib.Path, train_resolution: tuple[int, int] | None = None,
+                   **config_fields) -> pathlib.Path:
   """A toy DepthNet (densenet_tiny) saved as a model directory. Random
   BatchNorm statistics and a conv3 bias of 4 (2.5 m in DepthNorm) keep its
   depth maps varied and inside [0.1, 10] m, so that crops, clipping and
-  export errors show in the numbers."""
+  export errors show in the numbers. Without a train_resolution it records
+  none, and predictions run at the images' own size."""
   from flax import nnx
   from percdepth_jax import model_io
   from percdepth_jax.models import DepthNet, ModelConfig
@@ -84,7 +86,8 @@ def save_toy_model(path: pathlib.Path, **config_fields) -> pathlib.Path:
       module.mean[...] = rng.normal(0.0, 0.5, n).astype(np.float32)
       module.var[...] = rng.uniform(0.5, 2.0, n).astype(np.float32)
   model.decoder.conv3.bias[...] = np.full((1,), 4.0, np.float32)
-  model_io.save_model(model, path, kind="depth_net", config=config.to_dict())
+  model_io.save_model(model, path, kind="depth_net", config=config.to_dict(),
+                      train_resolution=train_resolution)
   return path
 
 

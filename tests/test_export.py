@@ -148,3 +148,26 @@ def test_unknown_format_is_refused(checkpoint, tmp_path, capsys):
   assert _export(checkpoint, tmp_path / "m.tflite", "tflite") == 2
   assert "--format=tflite: value should be one of <stablehlo|onnx>" in capsys.readouterr().err
   assert not (tmp_path / "m.tflite").exists()
+
+
+def test_stablehlo_runs_the_network_at_the_training_scale(tmp_path):
+  """--resolution train (the default) with a model trained at 64x96,
+  exported for 128x192 images: the file resizes inside to 64x96 and back,
+  giving `depth_metres` run at 64x96 (jax.image.resize) to 1e-5, and
+  predict_depth's default (Pillow resizes) to uint8 rounding; the sidecar
+  names the network size."""
+  from percdepth_jax import inference
+  checkpoint = helpers.save_toy_model(tmp_path / "model", train_resolution=(64, 96))
+  frames = helpers.nyu_images(128, 192)
+  assert export_script.main(["--checkpoint", str(checkpoint), "--format", "stablehlo",
+                             "--output", str(tmp_path / "m.stablehlo"),
+                             "--height", "128", "--width", "192"]) == 0
+  meta = json.loads((tmp_path / "m.stablehlo.json").read_text())
+  assert meta["network_size"] == [64, 96] and meta["resolution"] == "train"
+  exported = jax.export.deserialize((tmp_path / "m.stablehlo").read_bytes())
+  depth = np.asarray(exported.call(frames))
+  model = percdepth_jax.load_model(checkpoint)
+  in_jit = np.asarray(inference.compiled_depth_metres(model, frames, flip=True, size=(64, 96)))
+  assert relative_max_error(depth, in_jit) <= 1e-5
+  default = percdepth_jax.predict_depth(model, frames)
+  assert np.mean(np.abs(depth - default) / default) < 5e-4

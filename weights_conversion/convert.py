@@ -14,6 +14,7 @@ from percdepth_jax.model_io import build_module, fill_module, load_backbone, sav
 from percdepth_jax.models import ModelConfig
 from percdepth_jax.models.densenet import DENSENET_SPECS
 from percdepth_jax.models.resnet import STAGES
+from percdepth_jax.storage import NYU_RESOLUTION
 from weights_conversion.tables import (is_ignored, modernize_key, to_flax_layout,
                                        to_torch_layout, torch_key)
 from weights_conversion.torch_io import guess_architecture, load_state_dict
@@ -186,5 +187,6 @@ def convert_densedepth(input_path: str | os.PathLike, output_dir: str | os.PathL
   """`python -m weights_conversion densedepth`: .pth -> depth model directory."""
   module = densedepth_to_flax(input_path, config)
   save_model(module, output_dir, kind="depth_net", config=config.to_dict(),
-             source={"format": "densedepth", "file": pathlib.Path(input_path).name})
+             source={"format": "densedepth", "file": pathlib.Path(input_path).name},
+             train_resolution=NYU_RESOLUTION)  # DenseDepth's and the paper's recipe
   return module

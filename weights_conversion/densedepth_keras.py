@@ -33,6 +33,7 @@ from percdepth_jax.errors import UserInputError
 from percdepth_jax.model_io import build_module, fill_module, save_model
 from percdepth_jax.models import ModelConfig
 from percdepth_jax.models.densenet import DENSENET_SPECS
+from percdepth_jax.storage import NYU_RESOLUTION
 from weights_conversion.convert import (ConversionError, _listing, mismatch_report,
                                         densedepth_model_config)
 from weights_conversion.keras_h5 import KerasModelFile, read_keras_h5
@@ -333,5 +334,6 @@ def convert_densedepth_keras(input_path: str | os.PathLike,
   module, config, model_file = densedepth_keras_to_flax(input_path)
   save_model(module, output_dir, kind="depth_net", config=config.to_dict(),
              source={"format": "densedepth-keras", "file": pathlib.Path(input_path).name,
-                     "keras_version": model_file.keras_version})
+                     "keras_version": model_file.keras_version},
+             train_resolution=NYU_RESOLUTION)  # DenseDepth's nyu.h5 recipe
   return module

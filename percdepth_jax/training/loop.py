@@ -103,13 +103,25 @@ def _data_source(config, spec: str, split: str):
   return source
 
 
-def _start_run(workdir: pathlib.Path, model_config: ModelConfig, config) -> None:
-  """Claims `workdir` for the run (model.json) and records its config as run."""
+def _frame_size(source) -> list[int]:
+  """The training frames' size before any centre crop: the scale objects
+  have in what the model learns from (a crop narrows the view, not the
+  scale). Prediction resizes photos to about this many pixels."""
+  frames = source.source if isinstance(source, CenterCropSource) else source
+  first = next(ex for i in range(min(len(frames), 16)) if (ex := frames[i]) is not None)
+  return list(first["depth"].shape)
+
+
+def _start_run(workdir: pathlib.Path, model_config: ModelConfig, config,
+               train_source) -> None:
+  """Claims `workdir` for the run (model.json) and records its config as run,
+  with the training frames' size."""
   model_io.claim_workdir(workdir, model_config)
   if jax.process_index() == 0:
     # As run: with config.init.model the model config is the loaded model's.
     record = config.to_dict()
     record["model"] = model_config.to_dict()
+    record[storage.TRAIN_RESOLUTION] = _frame_size(train_source)
     (workdir / storage.CONFIG_JSON).write_text(
         ml_collections.ConfigDict(record).to_json_best_effort(indent=2) + "\n")
 
@@ -210,7 +222,7 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
                            f"choose from {', '.join(metrics_lib.PROTOCOLS)}.")
   model = initial_weights.build_model(config, model_config)
   perceptual = initial_weights.build_perceptual_net(config)
-  _start_run(workdir, model_config, config)
+  _start_run(workdir, model_config, config, train_source)
 
   batch_sharding = data_pipeline.batch_sharding()
   replicated = jax.sharding.NamedSharding(batch_sharding.mesh,
