@@ -36,7 +36,13 @@ def colorize(depth_m_HxW: np.ndarray, lo: float | None = None,
   hi = max(hi, lo + 1e-6)
   cmap = colormaps["turbo_r"]
   normalised = np.clip((depth_m_HxW - lo) / (hi - lo), 0.0, 1.0)
-  picture = (cmap(np.nan_to_num(normalised))[..., :3] * 255).astype(np.uint8)
+  # Colour table indices as matplotlib computes them from floats, looked up
+  # as bytes: the same colours as cmap(normalised) * 255 without its
+  # float64 RGBA copy (400 MB for a 12 MP photo).
+  np.nan_to_num(normalised, copy=False)
+  normalised *= cmap.N
+  normalised[normalised == cmap.N] = cmap.N - 1
+  picture = cmap(normalised.astype(np.int16), bytes=True)[..., :3]
   height = picture.shape[0]
   ramp = np.linspace(0.0, 1.0, height)[:, None].repeat(_BAR_WIDTH // 3, axis=1)
   bar = np.full((height, _BAR_WIDTH, 3), 255, np.uint8)

@@ -178,3 +178,119 @@ def test_heic_without_pillow_heif_names_the_extra(monkeypatch):
   raw = b"\x00\x00\x00\x18ftypheic" + bytes(100)
   with pytest.raises(percdepth_jax.UserInputError, match=r"phone\.heic.*pillow-heif.*\[photos\]"):
     photos.read_photo(raw, "phone.heic")
+
+
+def _encoded(array: np.ndarray, fmt: str, **save) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format=fmt, **save)
+  return buffer.getvalue()
+
+
+def _no_decoding(monkeypatch):
+  """Makes every decoder fail loudly: a size check that ran after decoding
+  would show as an AssertionError instead of the UserInputError."""
+  import cv2
+  import pillow_heif
+  import simplejpeg
+  from PIL import ImageFile
+
+  def decoded(*args, **kwargs):
+    raise AssertionError("decoded before the size check")
+
+  monkeypatch.setattr(cv2, "imdecode", decoded)
+  monkeypatch.setattr(simplejpeg, "decode_jpeg", decoded)
+  monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)
+  monkeypatch.setattr(pillow_heif.HeifImageFile, "load", decoded)
+
+
+def test_pixel_cap_is_checked_from_the_header_in_every_decoder(monkeypatch):
+  """With the cap set just below 100x100 pixels, a 100x100 image is refused
+  with a UserInputError naming the file and its size, before any decoding,
+  whichever decoder would take it: OpenCV (PNG), simplejpeg (JPEG), Pillow
+  (WebP, a truncated PNG), pillow-heif (HEIC), and the dataset readers'
+  RGB and 16-bit depth paths; a 99x100 image is under the cap."""
+  import pillow_heif  # the test extra brings it
+  pillow_heif.register_heif_opener()
+  rgb = np.random.RandomState(0).randint(0, 256, (100, 100, 3)).astype(np.uint8)
+  png = _encoded(rgb, "PNG")
+  files = {"a.png": png, "b.jpg": _encoded(rgb, "JPEG", quality=90),
+           "c.webp": _encoded(rgb, "WEBP", lossless=True), "d.png": png[:len(png) // 2],
+           "e.heic": _stored(rgb, 1, "HEIF", quality=90)}
+  assert decode.fast_rgb(files["a.png"]) is not None  # the fast path takes these two
+  assert decode.fast_rgb(files["b.jpg"]) is not None
+  depth = _encoded(np.full((100, 100), 1234, np.uint16), "PNG")
+  small = _encoded(rgb[:99], "PNG")
+  monkeypatch.setattr(decode, "MAX_PIXELS", 100 * 100 - 1)
+  assert photos.read_photo(small, "small.png").rgb.shape == (99, 100, 3)
+  _no_decoding(monkeypatch)
+  for name, raw in files.items():
+    with pytest.raises(percdepth_jax.UserInputError, match=rf"{name}: 100x100 pixels"):
+      photos.read_photo(raw, name)
+  with pytest.raises(percdepth_jax.UserInputError, match=r"rgb\.png: 100x100 pixels"):
+    decode.decode_rgb(png, "rgb.png")
+  with pytest.raises(percdepth_jax.UserInputError, match=r"depth\.png: 100x100 pixels"):
+    decode.decode_depth_png(depth, "depth.png")
+
+
+@pytest.fixture(scope="module")
+def bomb_png() -> bytes:
+  """A 14000x14000 black PNG: 196 MP (Pillow refuses over 179 MP) in 190 KB."""
+  return _encoded(np.zeros((14000, 14000), np.uint8), "PNG")
+
+
+def test_decompression_bomb_gets_a_user_input_error(bomb_png):
+  """The whole file (header read by the fast path) and the file cut short
+  (Pillow's path, where Pillow itself raises DecompressionBombError): both
+  a UserInputError naming the file, never Pillow's exception."""
+  with pytest.raises(percdepth_jax.UserInputError,
+                     match=r"bomb\.png: 14000x14000 pixels \(196 MP\)"):
+    photos.read_photo(bomb_png, "bomb.png")
+  with pytest.raises(percdepth_jax.UserInputError, match=r"cut\.png: more than the 60 MP"):
+    photos.read_photo(bomb_png[:len(bomb_png) // 2], "cut.png")
+
+
+def test_predict_skips_an_oversized_photo_and_goes_on(toy_model, bomb_png, tmp_path, capsys):
+  """A decompression-bomb PNG in a folder: named and skipped with its size,
+  the other photo is predicted, exit code 1, no traceback."""
+  checkpoint, _ = toy_model
+  folder = tmp_path / "in"
+  folder.mkdir()
+  (folder / "a_bomb.png").write_bytes(bomb_png)
+  Image.fromarray(_upright()).save(folder / "b_room.png")
+  code = predict.main(["--checkpoint", str(checkpoint), "--input", str(folder),
+                       "--output", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert "skipped: " in err and "a_bomb.png: 14000x14000 pixels (196 MP)" in err
+  assert "Traceback" not in err and "DecompressionBomb" not in err
+  assert np.load(tmp_path / "out" / "b_room.npy").shape == (64, 96)
+  assert not (tmp_path / "out" / "a_bomb.npy").exists()
+
+
+_PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
+             "sys.exit(code)")
+
+
+def test_twelve_megapixel_phone_photo_in_bounded_memory(tmp_path):
+  """scripts/predict.py, as a user runs it, on a 4032x3024 JPEG stored
+  sideways with EXIF orientation 6 and a model trained at 480x640: the
+  depth map has the displayed size (4032 rows x 3024 columns), the network
+  ran at 640x480, and the process's peak resident memory (getrusage of the
+  child) stays under 2 GB."""
+  import subprocess
+  import sys
+  from tests.helpers import REPO, env
+  checkpoint = save_toy_model(tmp_path / "model", train_resolution=(480, 640))
+  upright = Image.fromarray(nyu_images(480, 640)[0]).resize((3024, 4032), Image.BICUBIC)
+  (tmp_path / "IMG_0001.jpg").write_bytes(_stored(np.asarray(upright), 6, "JPEG", quality=90))
+  result = subprocess.run(
+      [sys.executable, "-c", _PEAK_RSS, sys.executable, "scripts/predict.py",
+       "--checkpoint", str(checkpoint), "--input", str(tmp_path / "IMG_0001.jpg"),
+       "--output", str(tmp_path / "out")],
+      cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  peak_mb = int(result.stdout.split()[-1])
+  assert peak_mb < 2048, peak_mb
+  assert "IMG_0001.jpg: 3024x4032, network at 480x640" in result.stderr
+  assert np.load(tmp_path / "out" / "IMG_0001.npy").shape == (4032, 3024)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import io
 import logging
+import warnings
 from typing import Any, Callable
 
 import cv2
@@ -38,6 +39,12 @@ _RGB_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 # JPEG start-of-frame markers taken by the fast path: baseline, extended
 # and progressive Huffman-coded (lossless and arithmetic-coded go to Pillow).
 _JPEG_SOF = (0xC0, 0xC1, 0xC2)
+# The largest image any decoder here takes, checked from the file's header
+# before decoding: 48 and 50 MP phone photos pass (8160x6144 is 50.1 MP); a
+# 196 MP black PNG of 570 KB (a decompression bomb) does not. A 60 MP image
+# decodes to 180 MB of uint8 RGB; prediction's outputs at that size are
+# about 1 GB in all.
+MAX_PIXELS = 60_000_000
 
 
 def read_bytes(data: bytes | str, name: str) -> bytes:
@@ -56,10 +63,38 @@ def read_bytes(data: bytes | str, name: str) -> bytes:
         "it is a readable image file.") from None
 
 
+def check_pixels(height: int, width: int, name: str) -> None:
+  """UserInputError for an image over MAX_PIXELS (from its header)."""
+  if height * width > MAX_PIXELS:
+    raise UserInputError(
+        f"{name}: {width}x{height} pixels ({height * width / 1e6:.0f} MP) is more "
+        f"than the {MAX_PIXELS / 1e6:.0f} MP this reads (the limit keeps a "
+        "small file from filling the memory when decoded); downscale the image "
+        "first, for example to 4000 pixels on the long side.")
+
+
+def _pil_open(raw: bytes, name: str) -> Image.Image:
+  """Pillow's lazy open (the header only), size checked before any decoding."""
+  try:
+    with warnings.catch_warnings():  # Pillow's warning (89 MP) is above MAX_PIXELS
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      image = Image.open(io.BytesIO(raw))
+  except Image.DecompressionBombError as e:  # over twice Pillow's own limit
+    raise UserInputError(f"{name}: more than the {MAX_PIXELS / 1e6:.0f} MP this "
+                         f"reads (Pillow: {e}); downscale the image first.") from None
+  except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
+    raise UserInputError(
+        f"{name}: cannot decode the image ({type(e).__name__}: {e}). The file "
+        "is corrupt or truncated: re-export or re-download it, or remove it "
+        "from the dataset.") from None
+  check_pixels(image.height, image.width, name)
+  return image
+
+
 def _pil_decode(raw: bytes, name: str) -> Image.Image:
   """Fully decodes with Pillow (so truncation is detected here, not later)."""
+  image = _pil_open(raw, name)
   try:
-    image = Image.open(io.BytesIO(raw))
     image.load()
   except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
     raise UserInputError(
@@ -118,13 +153,15 @@ def _jpeg_header(raw: bytes) -> tuple[int, int, int] | None:
   return None
 
 
-def fast_rgb(raw: bytes) -> np.ndarray | None:
-  """The fast RGB decode where it equals Pillow's convert('RGB'), else None."""
+def fast_rgb(raw: bytes, name: str = "image") -> np.ndarray | None:
+  """The fast RGB decode where it equals Pillow's convert('RGB'), else None;
+  a UserInputError for an image over MAX_PIXELS."""
   png = _png_header(raw)
   if png is not None:
     # 8-bit grey/RGB/palette, with or without alpha: OpenCV expands palette
     # and grey and drops alpha as Pillow does; neither applies gAMA/iCCP.
     height, width, bit_depth, colour = png
+    check_pixels(height, width, name)
     if bit_depth != 8 or colour not in (0, 2, 3, 4, 6):
       return None
     out = cv2.imdecode(np.frombuffer(raw, np.uint8), _RGB_FLAGS)
@@ -133,6 +170,7 @@ def fast_rgb(raw: bytes) -> np.ndarray | None:
     if jpeg is None or jpeg[2] not in (1, 3):
       return None
     height, width, _ = jpeg
+    check_pixels(height, width, name)
     try:  # accurate IDCT and fancy upsampling, as Pillow decodes
       out = simplejpeg.decode_jpeg(raw, "RGB", fastdct=False, fastupsample=False,
                                    strict=True)
@@ -146,7 +184,7 @@ def fast_rgb(raw: bytes) -> np.ndarray | None:
 def decode_rgb(data: bytes | str, name: str) -> np.ndarray:
   """uint8 HxWx3 from a PNG/JPEG (grey, palette and RGBA are converted)."""
   raw = read_bytes(data, name)
-  out = fast_rgb(raw)
+  out = fast_rgb(raw, name)
   if out is not None:
     return out
   image = _pil_decode(raw, name)
@@ -155,10 +193,13 @@ def decode_rgb(data: bytes | str, name: str) -> np.ndarray:
   return np.asarray(image)
 
 
-def _fast_depth(raw: bytes, allow_8bit: bool) -> np.ndarray | None:
+def _fast_depth(raw: bytes, allow_8bit: bool, name: str = "image") -> np.ndarray | None:
   """OpenCV's decode of a 16-bit (or, if allowed, 8-bit) grey PNG, else None."""
   png = _png_header(raw)
-  if png is None or png[3] != 0 or png[2] not in ((8, 16) if allow_8bit else (16,)):
+  if png is None:
+    return None
+  check_pixels(png[0], png[1], name)
+  if png[3] != 0 or png[2] not in ((8, 16) if allow_8bit else (16,)):
     return None
   out = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
   # Anything but HxW (e.g. an unexpected alpha channel) is left to Pillow.
@@ -171,7 +212,7 @@ def decode_depth_png(data: bytes | str, name: str, *, allow_8bit: bool = False
                      ) -> np.ndarray:
   """The stored integer values of a depth PNG (uint16 or, if allowed, uint8)."""
   raw = read_bytes(data, name)
-  out = _fast_depth(raw, allow_8bit)
+  out = _fast_depth(raw, allow_8bit, name)
   if out is not None:
     return out
   image = _pil_decode(raw, name)

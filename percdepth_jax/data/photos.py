@@ -111,7 +111,7 @@ def read_photo(path: str | os.PathLike | bytes, name: str | None = None) -> Phot
   notes: list[str] = []
   # The fast decoders take 8-bit still PNGs and JPEGs only; the header read
   # here is for the orientation tag (Pillow opens lazily, no decode).
-  rgb = None if _is_heif(raw) else decode.fast_rgb(raw)
+  rgb = None if _is_heif(raw) else decode.fast_rgb(raw, name)
   if rgb is not None:
     orientation = _orientation(Image.open(io.BytesIO(raw)))
   else:
