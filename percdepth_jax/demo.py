@@ -23,9 +23,19 @@ from percdepth_jax import depth_outputs, model_io, storage
 from percdepth_jax.data.camera import parse_intrinsics
 from percdepth_jax.data.photos import PHOTO_SUFFIXES, read_photo
 from percdepth_jax.errors import UserInputError
-from percdepth_jax.inference import predict_depth
+from percdepth_jax.inference import TRAIN, Resolution, predict_depth, run_size
 
 DEMO_EXTRA_HINT = 'pip install -e ".[demo]"'
+# One prediction at a time: it already uses every core (two would share
+# them and hold two photos' buffers); the others wait in a queue this long.
+CONCURRENCY = 1
+QUEUE_SIZE = 8
+# Uploads larger than this are refused by the page before they are sent (a
+# 48 MP JPEG is 10-25 MB); decoding has its own pixel cap (decode.MAX_PIXELS).
+MAX_FILE_SIZE = "40mb"
+BUSY_NOTE = (f"One photo is processed at a time; up to {QUEUE_SIZE} more wait in line, "
+             "and the status shows your place while you wait. When the line is full, "
+             "try again in a minute.")
 
 # Runs once per page load on the depth view's element: the readout follows
 # the pointer over the picture part of the colour map, reading the depth in
@@ -87,27 +97,31 @@ def depth_view_html(depth_m_HxW: np.ndarray, colour_HxWx3: np.ndarray) -> str:
 class DepthDemo:
   """The model and what one request does, without the page (testable alone)."""
 
-  def __init__(self, checkpoint: str):
+  def __init__(self, checkpoint: str, resolution: Resolution = TRAIN):
     self.checkpoint = checkpoint
+    self.resolution = resolution
     self.model = model_io.load_model(checkpoint)
     self.description = describe(checkpoint)
     self.out_root = pathlib.Path(tempfile.mkdtemp(prefix="percdepth_demo_"))
 
   def predict(self, photo_path: str | None, flip: bool = True,
               intrinsics: str = "") -> dict[str, Any]:
-    """One upload -> {"rgb", "depth", "paths", "notes"}; UserInputError for
-    anything wrong with the input."""
+    """One upload -> {"rgb", "depth", "paths", "notes", "network_size"};
+    UserInputError for anything wrong with the input."""
     if not photo_path:
       raise UserInputError("no photo: upload or drop one, or pick an example.")
     name = pathlib.Path(photo_path).name
     photo = read_photo(photo_path, name)
     k = parse_intrinsics(intrinsics)
-    depth = predict_depth(self.model, photo.rgb[None], flip=flip)[0]
+    depth = predict_depth(self.model, photo.rgb[None], flip=flip,
+                          resolution=self.resolution)[0]
+    network_size = run_size(self.model, *photo.rgb.shape[:2], self.resolution)
     # One folder per request: Gradio serves requests on several threads.
     out_dir = pathlib.Path(tempfile.mkdtemp(dir=self.out_root))
     paths = depth_outputs.write_prediction(out_dir / pathlib.Path(name).stem, depth, photo.rgb,
                                            intrinsics=k, ply=True, glb=True)
-    return {"rgb": photo.rgb, "depth": depth, "paths": paths, "notes": photo.notes}
+    return {"rgb": photo.rgb, "depth": depth, "paths": paths, "notes": photo.notes,
+            "network_size": network_size}
 
 
 def import_gradio():
@@ -131,15 +145,18 @@ def build_app(demo: DepthDemo, examples: list[str]):
       return None, "", None, None, f"**Could not use this photo.** {e}"
     depth, paths = result["depth"], result["paths"]
     colour = np.asarray(Image.open(paths["color_png"]).convert("RGB"))
-    status = (f"{depth.shape[1]}x{depth.shape[0]} pixels, depth {depth.min():.2f}-"
-              f"{depth.max():.2f} m, flip averaging {'on' if flip else 'off'}.")
+    net_h, net_w = result["network_size"]
+    status = (f"{depth.shape[1]}x{depth.shape[0]} pixels (network at {net_w}x{net_h}), "
+              f"depth {depth.min():.2f}-{depth.max():.2f} m, flip averaging "
+              f"{'on' if flip else 'off'}.")
     if result["notes"]:
       status += "  \n" + "; ".join(result["notes"]).capitalize() + "."
     downloads = [str(paths[k]) for k in ("npy", "depth_png", "ply")]
     return result["rgb"], depth_view_html(depth, colour), str(paths["glb"]), downloads, status
 
   with gr.Blocks(title="percdepth-jax depth demo") as app:
-    gr.Markdown("# Monocular depth\n" + demo.description)
+    gr.Markdown("# Monocular depth\n" + demo.description + "  \n" + BUSY_NOTE,
+                elem_id="about")
     with gr.Row():
       with gr.Column(scale=1):
         photo = gr.File(label="Photo (drop or click)", file_types=list(PHOTO_SUFFIXES),
@@ -160,5 +177,7 @@ def build_app(demo: DepthDemo, examples: list[str]):
         downloads = gr.File(label="Downloads: .npy metres, 16-bit mm PNG, .ply points",
                             file_count="multiple", interactive=False, elem_id="downloads")
     button.click(run, inputs=[photo, flip, intrinsics],
-                 outputs=[rgb, depth_view, mesh, downloads, status])
-  return app
+                 outputs=[rgb, depth_view, mesh, downloads, status],
+                 concurrency_limit=CONCURRENCY)
+  # A waiting request shows its place in the queue on the outputs.
+  return app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)

@@ -102,11 +102,16 @@ def page(server, browser):
 
 
 def _estimate(page, path, attempts=4):
-  """Uploads `path` and starts the estimate. On a loaded machine a file set
-  before the page's scripts listen leaves the file box empty, and an upload
-  can take a while (the box then shows its progress and has no file input);
-  a user would wait, or drop the file again if the box is empty, and so does
-  this."""
+  """Uploads `path` and starts the estimate."""
+  _upload(page, path, attempts)
+  page.click("#estimate")
+
+
+def _upload(page, path, attempts=4):
+  """Uploads `path`. On a loaded machine a file set before the page's
+  scripts listen leaves the file box empty, and an upload can take a while
+  (the box then shows its progress and has no file input); a user would
+  wait, or drop the file again if the box is empty, and so does this."""
   from playwright.sync_api import TimeoutError as PlaywrightTimeout
   file_input = page.locator("#photo input[type=file]")
   # The uploaded file's row: its download link (the name itself is drawn as
@@ -123,7 +128,6 @@ def _estimate(page, path, attempts=4):
   else:
     pytest.fail(f"the page never showed the uploaded {path.name}; browser console:\n"
                 + "\n".join(page.console) + f"\ndemo log:\n{page.server_log.read_text()}")
-  page.click("#estimate")
 
 
 def test_upload_shows_and_serves_predict_depths_result(server, page, tmp_path):
@@ -178,6 +182,52 @@ def test_bad_upload_gets_a_message_on_the_page(page, tmp_path):
   status = page.inner_text("#status")
   assert "holiday.jpg" in status and "cannot decode" in status
   assert "Traceback" not in page.inner_text("body")
+
+
+def test_two_uploads_at_once_both_get_results(server, browser, tmp_path):
+  """Two visitors start an estimate at the same moment: the page states
+  that one photo is processed at a time, the later request shows its place
+  in the queue while the first runs (Gradio's "queue: 1/1"), and both get
+  their own result (each status names its photo's size)."""
+  from percdepth_jax import demo
+  big = tmp_path / "big.png"  # a size nothing compiled yet: the first request runs for seconds
+  Image.open(FRAME).convert("RGB").resize((1184, 888)).save(big)
+  small = REPO / "docs" / "images" / "predict" / "synthetic_rgb.png"
+  pages = []
+  for path in (big, small):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.console, page.server_log = [], server[2]
+    page.goto(server[0], wait_until="networkidle", timeout=120_000)
+    page.wait_for_selector("#estimate")
+    _upload(page, path)
+    pages.append(page)
+  assert demo.BUSY_NOTE in pages[0].inner_text("#about")
+  for page in pages:
+    page.click("#estimate")
+  queued, deadline = False, time.time() + 180
+  while not all(page.locator("#depth-view img.depth-map").count() for page in pages):
+    assert time.time() < deadline, [page.inner_text("body") for page in pages]
+    queued = queued or any("queue: 1/1" in page.inner_text("body") for page in pages)
+    time.sleep(0.05)
+  assert queued
+  assert "1184x888 pixels" in pages[0].inner_text("#status")
+  width, height = Image.open(small).size
+  assert f"{width}x{height} pixels" in pages[1].inner_text("#status")
+  for page in pages:
+    page.close()
+
+
+def test_oversized_upload_is_refused_by_the_page(page, tmp_path):
+  """A file over the demo's upload limit (40 MB) is refused in the browser
+  with Gradio's message naming it; nothing is estimated."""
+  from percdepth_jax import demo
+  assert demo.MAX_FILE_SIZE == "40mb"
+  huge = tmp_path / "huge.jpg"
+  huge.write_bytes(b"\xff\xd8" + bytes(41 * 2**20))
+  page.locator("#photo input[type=file]").set_input_files(str(huge))
+  page.wait_for_selector("text=exceed the maximum allowed size", timeout=60_000)
+  assert "huge.jpg" in page.inner_text("body")
+  assert page.locator('#photo a[download="huge.jpg"]').count() == 0
 
 
 def _read_glb(path):
