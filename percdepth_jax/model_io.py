@@ -132,6 +132,17 @@ def _record_resolution(module: nnx.Module, directory: pathlib.Path,
   return module
 
 
+def _warn_skipped(unreadable: list[tuple[pathlib.Path, str]], step: int | None,
+                  directory: pathlib.Path) -> None:
+  """Says which newer checkpoints could not be read and which step was loaded."""
+  for path, reason in unreadable:
+    _log.warning("checkpoint %s cannot be read (%s); skipped it.", path, reason)
+  if unreadable and step is not None:
+    _log.warning("loaded step %d of %s, the newest checkpoint that can be read "
+                 "(re-running the training command sets the unreadable ones "
+                 "aside).", step, directory)
+
+
 def load_model_with_step(path: str | os.PathLike, *,
                          expect_kind: str | None = "depth_net"
                          ) -> tuple[nnx.Module, int | None]:
@@ -143,7 +154,8 @@ def load_model_with_step(path: str | os.PathLike, *,
   _check_kind(meta, directory, expect_kind)
   if storage.is_training_workdir(directory) or which == "best":
     abstract = build_module(meta["kind"], meta["config"], abstract=True)
-    module, step = storage.restore_model_item(directory, abstract, which)
+    module, step, unreadable = storage.restore_model_item(directory, abstract, which)
+    _warn_skipped(unreadable, step, directory)
     if module is None:
       raise UserInputError(
           f"{directory} has no {which} checkpoint yet"

@@ -20,8 +20,13 @@ A training workdir:
                         (optimizer state, step; then also the raw params),
                         data (input iterator state), meta
   best/<step>/          the best evaluation so far by d1: model, meta
+  train.lock            the one-writer lock (training/workdir_lock.py): who
+                        holds it, empty when no run does
+  unreadable/           checkpoints that could not be restored, moved here
+                        (never deleted) as `<checkpoints|best>-<step>-<time>`
 Orbax writes each step to a temporary directory and renames it when complete,
-so a killed run always leaves its last finished checkpoint usable.
+so a killed run always leaves its last finished checkpoint usable; files
+damaged later (a partial copy, a failing disk) are found at restore time.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from percdepth_jax.errors import UserInputError
 
@@ -44,6 +51,8 @@ CONFIG_JSON = "config.json"
 STATE_DIR = "state"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+LOCK_FILE = "train.lock"
+UNREADABLE_DIR = "unreadable"
 TRAIN_RESOLUTION = "train_resolution"
 # NYU Depth v2's frames: what DenseDepth's and the paper's models trained on.
 NYU_RESOLUTION = (480, 640)
@@ -128,6 +137,14 @@ def is_training_workdir(directory: pathlib.Path) -> bool:
   return (directory / LATEST_DIR).is_dir()
 
 
+def latest_complete_step(workdir: pathlib.Path) -> int | None:
+  """The newest finished checkpoint in a workdir's checkpoints/ (Orbax names
+  a step's directory by its number only once all of it is written)."""
+  directory = pathlib.Path(workdir) / LATEST_DIR
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+  return max(steps, default=None)
+
+
 def save_state(directory: pathlib.Path, state: dict[str, Any]) -> None:
   """Writes a model directory's weights (a pure dict) to DIR/state."""
   with ocp.StandardCheckpointer() as checkpointer:
@@ -164,56 +181,145 @@ def _abstract(tree):
       tree)
 
 
+def _reason(error: Exception) -> str:
+  """One line saying why a checkpoint did not restore."""
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:300]}" + ("..." if len(text) > 300 else "")
+
+
+def _newest_restorable(manager: ocp.CheckpointManager, restore: Callable[[int], Any]
+                       ) -> tuple[int | None, Any, list[tuple[pathlib.Path, str]]]:
+  """Tries a manager's checkpoints newest first: (step, what `restore(step)`
+  returned, [(path, reason)] of the newer ones that failed); step None when
+  none restores."""
+  unreadable = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    path = pathlib.Path(str(manager.directory)) / str(step)
+    try:
+      return step, restore(step), unreadable
+    # Orbax and TensorStore raise many types for damaged files (JSONDecodeError,
+    # ValueError with DATA_LOSS/OUT_OF_RANGE, FileNotFoundError, ...).
+    except Exception as e:  # pylint: disable=broad-except
+      if path.exists():  # else the training run's rotation removed it meanwhile
+        unreadable.append((path, _reason(e)))
+  return None, None, unreadable
+
+
+def _listing(unreadable: list[tuple[pathlib.Path, str]]) -> str:
+  return "; ".join(f"{path} ({reason})" for path, reason in unreadable)
+
+
+def set_aside(path: pathlib.Path) -> pathlib.Path:
+  """Moves an unreadable checkpoint `WORKDIR/<checkpoints|best>/<step>` to
+  `WORKDIR/unreadable/<checkpoints|best>-<step>-<time>`: out of Orbax's
+  sight (it would list it, and refuse to save that step again), never
+  deleted (it may be the only copy of hours of training)."""
+  workdir = path.parent.parent
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  target = workdir / UNREADABLE_DIR / f"{path.parent.name}-{path.name}-{stamp}"
+  target.parent.mkdir(exist_ok=True)
+  path.rename(target)
+  return target
+
+
+def _set_aside_all(manager: ocp.CheckpointManager,
+                   unreadable: list[tuple[pathlib.Path, str]],
+                   log: Callable[[str], None]) -> None:
+  """Process 0 moves the unreadable checkpoints aside; every process then
+  re-reads the manager's step list."""
+  if jax.process_index() == 0:
+    for path, reason in unreadable:
+      target = set_aside(path)
+      log(f"checkpoint {path} cannot be restored ({reason}); moved it to {target}")
+  multihost_utils.sync_global_devices("percdepth_jax: unreadable checkpoints set aside")
+  manager.reload()
+
+
 class Checkpoints:
-  """The latest-N and best-by-d1 checkpoint managers of one workdir."""
+  """The latest-N and best-by-d1 checkpoint managers of one workdir (the
+  training run's: it is their one writer)."""
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3,
                use_async: bool = True):
     workdir = pathlib.Path(workdir).absolute()
+    # cleanup_tmp_directories: a save cut short (a full disk, kill -9) leaves
+    # an unfinished temporary directory; the next run removes it.
     self.latest = ocp.CheckpointManager(
         workdir / LATEST_DIR,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=use_async))
+            max_to_keep=keep, create=True, enable_async_checkpointing=use_async,
+            cleanup_tmp_directories=True))
     self.best = ocp.CheckpointManager(
         workdir / BEST_DIR,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda metrics: metrics["d1"], best_mode="max",
             keep_checkpoints_without_metrics=False, create=True,
-            enable_async_checkpointing=use_async))
+            enable_async_checkpointing=use_async, cleanup_tmp_directories=True))
+    self._writing = workdir  # the checkpoint directory of the last save started
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def _named(self, error: OSError) -> OSError:
+    """An asynchronous save's OSError (a full disk) surfaces at the next call
+    without a file name: name the checkpoint being written."""
+    if error.filename is None:
+      return OSError(error.errno, error.strerror, str(self._writing))
+    return error
+
+  def _start(self, manager: ocp.CheckpointManager, step: int, **kwargs) -> None:
+    try:
+      manager.save(step, force=True, **kwargs)
+    except OSError as e:
+      raise self._named(e) from e
+    self._writing = pathlib.Path(str(manager.directory)) / str(step)
+
   def save(self, step: int, state, data_state: dict[str, Any],
            meta: dict[str, Any]) -> None:
-    self.latest.save(step, args=ocp.args.Composite(
+    self._start(self.latest, step, args=ocp.args.Composite(
         model=ocp.args.StandardSave(_model_item(state)),
         train=ocp.args.StandardSave(_train_item(state)),
         data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+        meta=ocp.args.JsonSave(meta)))
 
   def save_best(self, step: int, state, metrics: dict[str, float],
                 meta: dict[str, Any]) -> None:
     if step in self.best.all_steps():
       # A resumed run evaluates this step again; its checkpoint is already kept.
       return
-    self.best.save(step, metrics={"d1": float(metrics["d1"])},
-                   args=ocp.args.Composite(
-                       model=ocp.args.StandardSave(_model_item(state)),
-                       meta=ocp.args.JsonSave({**meta, "metrics": metrics})),
-                   force=True)
+    self._start(self.best, step, metrics={"d1": float(metrics["d1"])},
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardSave(_model_item(state)),
+                    meta=ocp.args.JsonSave({**meta, "metrics": metrics})))
 
-  def restore_latest(self, state) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
-    """(state, data_state, meta) of the latest checkpoint, shaped and sharded
-    like `state`; None when there is none."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    restored = self.latest.restore(step, args=ocp.args.Composite(
+  def restore_latest(self, state, log: Callable[[str], None] = lambda _: None
+                     ) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
+    """(state, data_state, meta) of the newest checkpoint that restores,
+    shaped and sharded like `state`; None when there is none.
+
+    Newer checkpoints that cannot be restored are moved to `unreadable/`,
+    each named with its reason through `log`. When checkpoints exist but
+    none restores, nothing is moved (they may belong to another config of
+    the run) and UserInputError lists them.
+    """
+    args = ocp.args.Composite(
         model=ocp.args.StandardRestore(_abstract(_model_item(state))),
         train=ocp.args.StandardRestore(_abstract(_train_item(state))),
         data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore())
+    step, restored, unreadable = _newest_restorable(
+        self.latest, lambda s: self.latest.restore(s, args=args))
+    if step is None and unreadable:
+      raise UserInputError(
+          f"no checkpoint in {self.latest.directory} can be restored: "
+          f"{_listing(unreadable)}. Nothing was moved. If they were written "
+          "with another config (config.optimizer.ema_decay, the optimizer, the "
+          "model), run with that config; if their files are damaged, move "
+          f"{self.latest.directory} away to start the run afresh.")
+    if unreadable:
+      _set_aside_all(self.latest, unreadable, log)
+    if step is None:
+      return None
     new_state = dict(state)
     nnx.replace_by_pure_dict(new_state["batch_stats"], restored.model["batch_stats"])
     if "ema_params" in state:
@@ -225,9 +331,21 @@ class Checkpoints:
     new_state["step"] = restored.train["step"]
     return new_state, restored.data, restored.meta
 
+  def check_best(self, state, log: Callable[[str], None] = lambda _: None) -> None:
+    """Moves an unreadable best checkpoint aside (named through `log`), so
+    that the run writes a new one at its next evaluation instead of keeping
+    one that `DIR:best` cannot load."""
+    args = ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(_model_item(state))))
+    unreadable = _newest_restorable(self.best, lambda s: self.best.restore(s, args=args))[2]
+    if unreadable:
+      _set_aside_all(self.best, unreadable, log)
+
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    try:
+      self.latest.wait_until_finished()
+      self.best.wait_until_finished()
+    except OSError as e:
+      raise self._named(e) from e
 
   def close(self) -> None:
     self.latest.close()
@@ -235,21 +353,44 @@ class Checkpoints:
 
 
 def restore_model_item(workdir: str | pathlib.Path, abstract_module: nnx.Module,
-                       which: str = "latest") -> tuple[nnx.Module, int]:
+                       which: str = "latest"
+                       ) -> tuple[nnx.Module | None, int | None, list[tuple[pathlib.Path, str]]]:
   """Loads params + batch stats of a workdir's latest (or best) checkpoint
-  into an abstract DepthNet; returns (module, step)."""
-  directory = pathlib.Path(workdir).absolute() / (LATEST_DIR if which == "latest" else BEST_DIR)
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      create=False)) as manager:
-    step = manager.latest_step()  # `best/` keeps exactly one checkpoint
-    if step is None:
-      return None, None
-    graphdef, params, batch_stats = nnx.split(abstract_module, nnx.Param, nnx.BatchStat)
-    target = {"params": nnx.to_pure_dict(params),
-              "batch_stats": nnx.to_pure_dict(batch_stats)}
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(target)))
+  into an abstract DepthNet: (module, step, [(path, reason)] of newer
+  checkpoints that could not be read and were skipped); (None, None, [])
+  when there is none. Reads only; moves nothing (the training run, the
+  workdir's one writer, sets unreadable checkpoints aside).
+
+  Raises UserInputError when checkpoints exist but none can be read.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  directory = workdir / (LATEST_DIR if which == "latest" else BEST_DIR)
+  graphdef, params, batch_stats = nnx.split(abstract_module, nnx.Param, nnx.BatchStat)
+  target = {"params": nnx.to_pure_dict(params),
+            "batch_stats": nnx.to_pure_dict(batch_stats)}
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+  args = ocp.args.Composite(model=ocp.args.StandardRestore(target))
+  for _ in range(3):
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        create=False)) as manager:
+      listed = manager.all_steps()
+      step, restored, unreadable = _newest_restorable(
+          manager, lambda s: manager.restore(s, args=args))
+    # A run training into the workdir may have removed (rotated out) what
+    # was listed while it was read: not damage; list again.
+    unreadable = [(path, reason) for path, reason in unreadable if path.exists()]
+    if step is not None or unreadable or not listed:
+      break
+  if step is None and unreadable:
+    fix = (f"load {workdir} (its latest checkpoint) instead, or re-run its "
+           "training command: the run sets it aside and writes a new best at "
+           "its next evaluation." if which == "best" else
+           "re-run its training command: the run sets unreadable checkpoints "
+           "aside and resumes from the newest that restores.")
+    raise UserInputError(f"no {which} checkpoint of {workdir} can be read: "
+                         f"{_listing(unreadable)}. To fix: {fix}")
+  if step is None:
+    return None, None, []
   nnx.replace_by_pure_dict(params, restored.model["params"])
   nnx.replace_by_pure_dict(batch_stats, restored.model["batch_stats"])
-  return nnx.merge(graphdef, params, batch_stats), step
+  return nnx.merge(graphdef, params, batch_stats), step, unreadable

@@ -1,10 +1,12 @@
 """The training loop: config + workdir -> checkpoints, metrics, evaluation, report.
 
 Resumable: re-running the same command on the same workdir continues from the
-latest checkpoint (model, optimizer, step and input-iterator state), so an
-interrupted run ends where an uninterrupted one would; re-running a finished
-run says so and does nothing. Every input (data, weights, sizes) is checked
-before the workdir is written, so a failed start leaves it as it was.
+latest checkpoint that restores (model, optimizer, step and input-iterator
+state; newer unreadable ones are set aside), so an interrupted run ends where
+an uninterrupted one would; re-running a finished run says so and does
+nothing. Every input (data, weights, sizes) is checked before the workdir is
+written, so a failed start leaves it as it was. A workdir has one writer
+(workdir_lock), and a full disk stops the run cleanly (disk_full).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from percdepth_jax.data import pipeline as data_pipeline
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.models import INPUT_MULTIPLE, ModelConfig
 from percdepth_jax.storage import Checkpoints
-from percdepth_jax.training import heldout, initial_weights
+from percdepth_jax.training import disk_full, heldout, initial_weights, workdir_lock
 from percdepth_jax.training import step as step_lib
-from percdepth_jax.training.metric_logging import METRICS_FILE, MetricWriter, Progress
+from percdepth_jax.training.disk_full import DiskFullError
+from percdepth_jax.training.metric_logging import (METRICS_FILE, MetricWriter, Progress,
+                                                   read_records)
 
 # Exit codes of scripts/train.py for a run stopped by a signal after saving.
 EXIT_PREEMPTED = 75  # SIGTERM (EX_TEMPFAIL): pre-empted, re-run to resume
@@ -183,9 +187,8 @@ def _evaluation_done(workdir: pathlib.Path, step: int, final: bool) -> bool:
       done = path.exists() and json.loads(path.read_text()).get("step") == step
     else:
       path = workdir / METRICS_FILE
-      done = path.exists() and any(
-          json.loads(line).get("step") == step and "eval/d1" in json.loads(line)
-          for line in path.read_text().splitlines() if line.strip())
+      done = path.exists() and any(r.get("step") == step and "eval/d1" in r
+                                   for r in read_records(path))
   return bool(multihost_utils.broadcast_one_to_all(np.array(done)))
 
 
@@ -194,18 +197,55 @@ def _skipped(source) -> list[str]:
   return sorted(set(getattr(source, "skipped", [])))
 
 
+def _process_0_says(value: bool) -> bool:
+  """Process 0's `value`, on every process."""
+  if jax.process_count() == 1:
+    return value
+  return bool(multihost_utils.broadcast_one_to_all(np.array(value)))
+
+
+def _close_quietly(checkpoints: Checkpoints) -> None:
+  """Closes the managers after a failed write; its error is already on its
+  way up, and Orbax raises it again from close."""
+  for manager in (checkpoints.latest, checkpoints.best):
+    try:
+      manager.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
 def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
                        ) -> dict[str, Any]:
   """Runs (or resumes) training; returns the final evaluation metrics.
 
   `overrides`: the config names set on the command line (`model.encoder`,
   ...), so that one that contradicts `config.init.model` is refused.
-  Raises UserInputError for bad input (nothing written), NonFiniteLossError
-  when the loss diverges (nothing non-finite saved) and StoppedBySignal after
-  saving on SIGTERM/SIGINT.
+  Raises UserInputError for bad input (nothing written) and when another
+  run holds the workdir, NonFiniteLossError when the loss diverges (nothing
+  non-finite saved), StoppedBySignal after saving on SIGTERM/SIGINT and
+  DiskFullError when a write into the workdir finds no space (the
+  checkpoints before it intact).
   """
   maybe_initialize_distributed(config)
   workdir = pathlib.Path(workdir).absolute()
+  with workdir_lock.WorkdirLock(workdir, log=_log) as lock:
+    # A workdir in use stops a second run here, before its checks; a new one
+    # is created (and locked) only once every input is checked.
+    if _process_0_says(workdir.exists()):
+      workdir_lock.claim(lock)
+    try:
+      return _train_and_evaluate(config, workdir, overrides, lock)
+    except Exception as e:  # pylint: disable=broad-except
+      full = disk_full.no_space_error(e)
+      if full is None:
+        raise
+      raise disk_full.stopped(full, workdir, storage.latest_complete_step(workdir)) from e
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, overrides: Iterable[str],
+                        lock: workdir_lock.WorkdirLock) -> dict[str, Any]:
+  """train_and_evaluate on a workdir whose lock is `lock` (claimed here if
+  it is not yet)."""
   is_main = jax.process_index() == 0
 
   # Every input is found and checked before the workdir is touched.
@@ -222,6 +262,7 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
                            f"choose from {', '.join(metrics_lib.PROTOCOLS)}.")
   model = initial_weights.build_model(config, model_config)
   perceptual = initial_weights.build_perceptual_net(config)
+  workdir_lock.claim(lock)
   _start_run(workdir, model_config, config, train_source)
 
   batch_sharding = data_pipeline.batch_sharding()
@@ -241,7 +282,14 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
                             channel_permute_prob=config.data.channel_swap),
       num_threads=config.data.num_threads)
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-  restored = checkpoints.restore_latest(state)
+  set_aside = []  # unreadable checkpoints moved aside, as logged
+
+  def log_set_aside(message: str) -> None:
+    set_aside.append(message)
+    _log(message)
+
+  restored = checkpoints.restore_latest(state, log=log_set_aside)
+  checkpoints.check_best(state, log=_log)
   start_step, eval_pending = 0, False
   if restored is not None:
     state, data_state, saved_meta = restored
@@ -258,7 +306,8 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
            "train further.")
       path = workdir / "report.json"
       return json.loads(path.read_text()).get("model", {}) if path.exists() else {}
-    _log(f"resuming {workdir} from step {start_step}")
+    _log(f"resuming {workdir} from step {start_step}"
+         + (", the newest checkpoint that restores" if set_aside else ""))
   writer = MetricWriter(workdir, enabled=is_main,
                         resume_step=start_step if restored is not None else None)
 
@@ -338,6 +387,9 @@ def train_and_evaluate(config, workdir: str, *, overrides: Iterable[str] = ()
   except NonFiniteLossError:
     checkpoints.wait()
     checkpoints.close()
+    raise
+  except OSError:  # a failed write (a full disk): stop with the files as they are
+    _close_quietly(checkpoints)
     raise
   checkpoints.wait()
 

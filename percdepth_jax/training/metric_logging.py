@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import sys
@@ -29,30 +30,55 @@ class MetricWriter:
     if not enabled:
       return
     if resume_step is not None and self.path.exists():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in kept))
+      kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     elif resume_step is None and self.path.exists():
       self.path.unlink()
-    self._tb = _event_file_writer(pathlib.Path(workdir) / "tensorboard")
+    self._tb_dir = pathlib.Path(workdir) / "tensorboard"
+    self._tb = _event_file_writer(self._tb_dir)
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
-    with self.path.open("a") as f:
+    with _naming(self.path), self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
     from tensorboard.compat.proto import event_pb2, summary_pb2
     scalars = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
                for k, v in record.items()
                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                       summary=summary_pb2.Summary(value=scalars)))
-    self._tb.flush()
+    with _naming(self._tb_dir):  # the writer thread's error surfaces here
+      self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                         summary=summary_pb2.Summary(value=scalars)))
+      self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def read_records(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The JSON lines of a metrics file; a line torn by a full disk or a
+  killed run (not valid JSON) is left out."""
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return [r for r in records if isinstance(r, dict)]
+
+
+@contextlib.contextmanager
+def _naming(path: pathlib.Path):
+  """Adds `path` to an OSError that has no file name (a failed write's
+  ENOSPC has none), so that the message says where."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is not None:
+      raise
+    raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def _event_file_writer(logdir: pathlib.Path):
