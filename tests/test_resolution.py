@@ -183,3 +183,35 @@ def test_folder_of_mixed_sizes_compiles_once_per_network_size(model, tmp_path, m
     assert np.load(tmp_path / "out" / f"{name}.npy").shape == (height, width)
     assert f"{name}.jpg: {width}x{height}, network at" in err
   assert "5/5 " in err
+
+
+def test_evaluate_script_resolution(tmp_path):
+  """evaluate.py on synthetic rooms rendered at 128x192 with a model
+  trained at 64x96: under each --resolution the JSON names it and its
+  metrics are those of predict_depth with that resolution on the same rooms
+  (computed here with metrics.depth_metrics; the default's Pillow resizes
+  against evaluate's jax.image.resize: to 1e-4, where the other resolution
+  is 8e-4 or more away), and the two predictions differ."""
+  from percdepth_jax import metrics
+  from percdepth_jax.data import resolve_spec
+  from scripts import evaluate
+  checkpoint = save_toy_model(tmp_path / "model", train_resolution=TRAIN_HW)
+  model = percdepth_jax.load_model(checkpoint)
+  source = resolve_spec("synthetic:2:5", split="test", height=128, width=192)
+  images = np.stack([source[i]["image"] for i in range(2)])
+  gt = np.stack([source[i]["depth"] for i in range(2)])
+  preds = {}
+  for resolution in ("train", "native"):
+    out = tmp_path / f"{resolution}.json"
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", "synthetic:2:5",
+                          "--height", "128", "--width", "192", "--protocol", "full_frame",
+                          "--num-samples", "0", "--resolution", resolution,
+                          "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["resolution"] == resolution
+    preds[resolution] = percdepth_jax.predict_depth(model, images, resolution=resolution)
+    expected = metrics.depth_metrics(gt, preds[resolution], "full_frame")
+    for name in ("abs_rel", "rmse", "silog"):
+      assert result["metrics"][name] == pytest.approx(expected[name], rel=1e-4), name
+  # The other resolution's metrics are 8e-4 (abs_rel) to 2e-3 (silog) away.
+  assert np.mean(np.abs(preds["train"] - preds["native"]) / preds["native"]) > 1e-3

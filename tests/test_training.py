@@ -87,6 +87,7 @@ def test_end_to_end_outputs(one_device_run, tmp_path):
   from percdepth_jax.model_io import load_model_with_step
   model, step = load_model_with_step(workdir)
   assert step == 3 and model.config.encoder == "densenet_tiny"
+  assert model.train_resolution == (64, 64)  # the tiny config's frames, from config.json
   depth = percdepth_jax.predict_depth(model, np.zeros((1, 64, 64, 3), np.uint8))
   assert depth.shape == (1, 64, 64)
 
