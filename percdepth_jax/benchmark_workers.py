@@ -146,6 +146,9 @@ class Worker:
     self.env = dict(env or {})
     self.ready: dict = {}
     self.times_s: list[float] = []
+    # CPU seconds everything else on the machine (the idle workers included)
+    # used while this one was timed, per round: what competed with it.
+    self.others_cpu_s: list[float] = []
     self._process: subprocess.Popen | None = None
 
   def start(self) -> dict:
@@ -182,6 +185,15 @@ class Worker:
     """Runs `steps` steps; returns the seconds the worker measured."""
     return self.request("run", steps=steps)["seconds"]
 
+  def cpu_seconds(self) -> float:
+    """CPU time (user + system) this worker's process has used so far."""
+    try:
+      with open(f"/proc/{self._process.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:  # no /proc (macOS): not measured
+      return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
   def close(self) -> None:
     if self._process is None:
       return
@@ -194,6 +206,16 @@ class Worker:
         self._process.kill()
         self._process.wait()
     self._process = None
+
+
+def machine_cpu_seconds() -> float:
+  """CPU time all processes of the machine have used so far (/proc/stat)."""
+  try:
+    with open("/proc/stat") as f:
+      user, nice, system, _, _, irq, softirq = (int(v) for v in f.readline().split()[1:8])
+  except OSError:  # no /proc (macOS): not measured
+    return 0.0
+  return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def time_alternating(workers: list[Worker], steps: int, rounds: int, warmup: int,
@@ -210,7 +232,10 @@ def time_alternating(workers: list[Worker], steps: int, rounds: int, warmup: int
   for r in range(rounds):
     for w in workers:
       time.sleep(settle_s)
+      machine, own = machine_cpu_seconds(), w.cpu_seconds()
       w.times_s.append(w.run(steps) / steps)
+      w.others_cpu_s.append(max(0.0, machine_cpu_seconds() - machine
+                                - (w.cpu_seconds() - own)))
     if on_round is not None:
       on_round(r)
 

@@ -199,6 +199,11 @@ def _print_table(results: dict) -> None:
       if key.endswith("_over_pytorch") or key.endswith("_over_pytorch_compile"):
         a, _, b = key.partition("_over_")
         print(f"{mode:<10} {a}/{b} speed ratio: {ratio:.2f}x")
+  busy = max(r["other_cpu_cores"] for e in results["modes"].values()
+             for r in e.values() if isinstance(r, dict))
+  print(f"other CPU use while a worker was timed: at most {busy:.2f} cores (idle workers, "
+        "other processes)" + (": the machine was not quiet, the figures are disturbed"
+                              if busy > 0.1 else ""))
   peak = results["peak_flops_per_s"]
   print(f"peak: {'n/a' if peak is None else f'{peak / 1e12:.3f} TFLOP/s'} "
         f"({results['peak_flops_source']})")
@@ -268,7 +273,12 @@ def run(args) -> int:
                      w.ready["memory_bytes"], w.ready["memory_source"], peak)
     r.update(framework=framework, environment={k: v for k, v in w.env.items()
                                                  if k != "XLA_PYTHON_CLIENT_PREALLOCATE"},
-             process=process)
+             process=process,
+             # CPU that anything else used (idle workers, other processes)
+             # while this one was timed, in cores (worst round): near 0 on a
+             # quiet machine.
+             other_cpu_cores=max(
+                 c / (t * args.steps) for c, t in zip(w.others_cpu_s, w.times_s)))
     results["modes"].setdefault(mode, {})[w.name] = r
   for entry in results["modes"].values():
     _ratios(entry, peak)

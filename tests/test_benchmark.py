@@ -8,6 +8,8 @@ worker that sleeps a known time per step checks the timing and the ratios.
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -49,6 +51,7 @@ def test_benchmark_json_fields_and_isolation(tmp_path):
       assert r["images_per_s"] == pytest.approx(1000.0 / r["ms_per_step_median"])
       assert r["compile_s"] > 0
       assert r["process"]["peak_rss_bytes"] > 0
+      assert r["other_cpu_cores"] >= 0
       # Both frameworks are credited with the same XLA FLOP count.
       assert r["flops_per_step"] == jax_r["flops_per_step"] > 0
       assert r["achieved_flops_per_s"] == pytest.approx(
@@ -80,17 +83,25 @@ def test_benchmark_json_fields_and_isolation(tmp_path):
 def test_a_slowed_worker_shows_in_the_ratio(tmp_path, monkeypatch):
   """Workers that sleep 30 ms per step (both frameworks' places) and a
   variant slowed to 90 ms by its environment: the printed ratios are the
-  sleep times' (1.0x and 1/3x), whatever the workers print on stdout."""
+  sleep times' (1.0x and 1/3x), whatever the workers print on stdout; a
+  process spinning meanwhile shows as CPU used beside the timed worker."""
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(benchmark, "WORKER_MODULES",
                       {"jax": "tests.sleepy_worker", "pytorch": "tests.sleepy_worker"})
   monkeypatch.setenv("SLEEPY_MS", "30")
   out = tmp_path / "bench.json"
-  assert benchmark.main(["--encoder", "densenet_tiny", "--height", "64", "--width", "64",
-                         "--mode", "inference", "--steps", "3", "--rounds", "3",
-                         "--warmup", "1", "--compare-pytorch",
-                         "--variant", "slowed:SLEEPY_MS=90", "--json", str(out)]) == 0
+  # A process spinning beside the (sleeping) workers: the record says so.
+  spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+  try:
+    assert benchmark.main(["--encoder", "densenet_tiny", "--height", "64", "--width", "64",
+                           "--mode", "inference", "--steps", "3", "--rounds", "3",
+                           "--warmup", "1", "--compare-pytorch",
+                           "--variant", "slowed:SLEEPY_MS=90", "--json", str(out)]) == 0
+  finally:
+    spinner.kill()
+    spinner.wait()
   entry = json.loads(out.read_text())["modes"]["inference"]
+  assert entry["jax[slowed]"]["other_cpu_cores"] > 0.5
   assert entry["jax"]["ms_per_step_median"] == pytest.approx(30, rel=0.3)
   assert entry["jax[slowed]"]["ms_per_step_median"] == pytest.approx(90, rel=0.3)
   assert entry["jax_over_pytorch"] == pytest.approx(1.0, rel=0.3)
