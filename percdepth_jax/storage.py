@@ -187,14 +187,21 @@ def _reason(error: Exception) -> str:
   return f"{type(error).__name__}: {text[:300]}" + ("..." if len(text) > 300 else "")
 
 
-def _newest_restorable(manager: ocp.CheckpointManager, restore: Callable[[int], Any]
+def _steps(directory: pathlib.Path) -> list[int]:
+  """The finished checkpoints' steps in a manager's folder, newest first."""
+  if not directory.is_dir():
+    return []
+  return sorted(ocp.path.step.checkpoint_steps(directory), reverse=True)
+
+
+def _newest_restorable(directory: pathlib.Path, restore: Callable[[int], Any]
                        ) -> tuple[int | None, Any, list[tuple[pathlib.Path, str]]]:
-  """Tries a manager's checkpoints newest first: (step, what `restore(step)`
-  returned, [(path, reason)] of the newer ones that failed); step None when
-  none restores."""
+  """Tries the checkpoints in `directory` newest first: (step, what
+  `restore(step)` returned, [(path, reason)] of the newer ones that failed);
+  step None when none restores."""
   unreadable = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    path = pathlib.Path(str(manager.directory)) / str(step)
+  for step in _steps(directory):
+    path = directory / str(step)
     try:
       return step, restore(step), unreadable
     # Orbax and TensorStore raise many types for damaged files (JSONDecodeError,
@@ -222,17 +229,15 @@ def set_aside(path: pathlib.Path) -> pathlib.Path:
   return target
 
 
-def _set_aside_all(manager: ocp.CheckpointManager,
-                   unreadable: list[tuple[pathlib.Path, str]],
+def _set_aside_all(unreadable: list[tuple[pathlib.Path, str]],
                    log: Callable[[str], None]) -> None:
-  """Process 0 moves the unreadable checkpoints aside; every process then
-  re-reads the manager's step list."""
+  """Process 0 moves the unreadable checkpoints aside, naming each and its
+  reason through `log`; the other processes wait for it."""
   if jax.process_index() == 0:
     for path, reason in unreadable:
       target = set_aside(path)
       log(f"checkpoint {path} cannot be restored ({reason}); moved it to {target}")
   multihost_utils.sync_global_devices("percdepth_jax: unreadable checkpoints set aside")
-  manager.reload()
 
 
 class Checkpoints:
@@ -240,7 +245,9 @@ class Checkpoints:
   training run's: it is their one writer)."""
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3,
-               use_async: bool = True):
+               use_async: bool = True, log: Callable[[str], None] = lambda _: None):
+    """`log` names the best checkpoints set aside because Orbax cannot list
+    them (see `_open_best`)."""
     workdir = pathlib.Path(workdir).absolute()
     # cleanup_tmp_directories: a save cut short (a full disk, kill -9) leaves
     # an unfinished temporary directory; the next run removes it.
@@ -249,13 +256,28 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=use_async,
             cleanup_tmp_directories=True))
-    self.best = ocp.CheckpointManager(
-        workdir / BEST_DIR,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda metrics: metrics["d1"], best_mode="max",
-            keep_checkpoints_without_metrics=False, create=True,
-            enable_async_checkpointing=use_async, cleanup_tmp_directories=True))
+    self.best = self._open_best(workdir / BEST_DIR, use_async, log)
     self._writing = workdir  # the checkpoint directory of the last save started
+
+  @staticmethod
+  def _open_best(directory: pathlib.Path, use_async: bool,
+                 log: Callable[[str], None]) -> ocp.CheckpointManager:
+    """The best-by-d1 manager. Orbax reads every kept checkpoint's metrics
+    when it opens the folder, so one damaged there stops it: those are set
+    aside (best/ keeps one) and the folder opened again."""
+    def open_manager():
+      return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda metrics: metrics["d1"], best_mode="max",
+          keep_checkpoints_without_metrics=False, create=True,
+          enable_async_checkpointing=use_async, cleanup_tmp_directories=True))
+    try:
+      return open_manager()
+    except Exception as e:  # pylint: disable=broad-except
+      unreadable = [(directory / str(step), _reason(e)) for step in _steps(directory)]
+      if not unreadable:
+        raise
+      _set_aside_all(unreadable, log)
+      return open_manager()
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -308,7 +330,8 @@ class Checkpoints:
         data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore())
     step, restored, unreadable = _newest_restorable(
-        self.latest, lambda s: self.latest.restore(s, args=args))
+        pathlib.Path(str(self.latest.directory)),
+        lambda s: self.latest.restore(s, args=args))
     if step is None and unreadable:
       raise UserInputError(
           f"no checkpoint in {self.latest.directory} can be restored: "
@@ -317,7 +340,8 @@ class Checkpoints:
           "model), run with that config; if their files are damaged, move "
           f"{self.latest.directory} away to start the run afresh.")
     if unreadable:
-      _set_aside_all(self.latest, unreadable, log)
+      _set_aside_all(unreadable, log)
+      self.latest.reload()
     if step is None:
       return None
     new_state = dict(state)
@@ -336,9 +360,11 @@ class Checkpoints:
     that the run writes a new one at its next evaluation instead of keeping
     one that `DIR:best` cannot load."""
     args = ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(_model_item(state))))
-    unreadable = _newest_restorable(self.best, lambda s: self.best.restore(s, args=args))[2]
+    unreadable = _newest_restorable(pathlib.Path(str(self.best.directory)),
+                                    lambda s: self.best.restore(s, args=args))[2]
     if unreadable:
-      _set_aside_all(self.best, unreadable, log)
+      _set_aside_all(unreadable, log)
+      self.best.reload()
 
   def wait(self) -> None:
     try:
@@ -369,13 +395,16 @@ def restore_model_item(workdir: str | pathlib.Path, abstract_module: nnx.Module,
   target = {"params": nnx.to_pure_dict(params),
             "batch_stats": nnx.to_pure_dict(batch_stats)}
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
-  args = ocp.args.Composite(model=ocp.args.StandardRestore(target))
+
+  def restore(step: int):
+    # The model item alone: a damaged item that loading does not need (the
+    # optimizer state, best/'s metrics) does not stop it.
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(directory / str(step) / "model", target)
+
   for _ in range(3):
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        create=False)) as manager:
-      listed = manager.all_steps()
-      step, restored, unreadable = _newest_restorable(
-          manager, lambda s: manager.restore(s, args=args))
+    listed = _steps(directory)
+    step, restored, unreadable = _newest_restorable(directory, restore)
     # A run training into the workdir may have removed (rotated out) what
     # was listed while it was read: not damage; list again.
     unreadable = [(path, reason) for path, reason in unreadable if path.exists()]
@@ -391,6 +420,6 @@ def restore_model_item(workdir: str | pathlib.Path, abstract_module: nnx.Module,
                          f"{_listing(unreadable)}. To fix: {fix}")
   if step is None:
     return None, None, []
-  nnx.replace_by_pure_dict(params, restored.model["params"])
-  nnx.replace_by_pure_dict(batch_stats, restored.model["batch_stats"])
+  nnx.replace_by_pure_dict(params, restored["params"])
+  nnx.replace_by_pure_dict(batch_stats, restored["batch_stats"])
   return nnx.merge(graphdef, params, batch_stats), step, unreadable

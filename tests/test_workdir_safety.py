@@ -181,12 +181,14 @@ def test_no_readable_checkpoint_exits_2_and_moves_nothing(trained, tmp_path):
   assert _checkpoint_steps(workdir) == [2, 3] and not (workdir / "unreadable").exists()
 
 
-def test_unreadable_best_is_set_aside_by_the_run(trained, tmp_path):
-  """A damaged best/ checkpoint: the re-run moves it aside with a log line
-  and writes a new best at its final evaluation, which DIR:best loads."""
+@pytest.mark.parametrize("damaged", ["3", "3/model"])
+def test_unreadable_best_is_set_aside_by_the_run(trained, tmp_path, damaged):
+  """A damaged best/ checkpoint (all its files, which Orbax fails to list, or
+  only its weights): the re-run moves it aside with a log line and writes a
+  new best at its final evaluation, which DIR:best loads."""
   from percdepth_jax.model_io import load_model_with_step
   workdir = _copy(trained, tmp_path)
-  _truncate(workdir / "best" / "3")
+  _truncate(workdir / "best" / damaged)
   result = _train(workdir, "--config.num_steps=4")
   assert f"checkpoint {workdir / 'best' / '3'} cannot be restored (" in result.stdout
   assert [p.name.split("-")[:2] for p in (workdir / "unreadable").iterdir()] == [["best", "3"]]
@@ -271,8 +273,13 @@ def test_full_disk_stops_the_run_and_the_same_command_resumes(tmp_path, monkeypa
   import orbax.checkpoint as ocp
   from scripts import train
   workdir = tmp_path / "full"
-  argv = [f"--config={TINY}", f"--workdir={workdir}", "--config.num_steps=4",
-          "--config.keep_checkpoints=3"]
+  # A config file, not --config.* overrides: absl cannot define those twice
+  # in one process.
+  config = tmp_path / "four_steps.py"
+  config.write_text(f"import runpy\n\ndef get_config():\n"
+                    f"  c = runpy.run_path({TINY!r})['get_config']()\n"
+                    "  c.num_steps, c.keep_checkpoints = 4, 3\n  return c\n")
+  argv = [f"--config={config}", f"--workdir={workdir}"]
   if write == "checkpoint":
     real_save = ocp.CheckpointManager.save
 

@@ -281,7 +281,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, overrides: Iterable[str],
       augment=AugmentConfig(flip_prob=config.data.hflip,
                             channel_permute_prob=config.data.channel_swap),
       num_threads=config.data.num_threads)
-  checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
+  checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, log=_log)
   set_aside = []  # unreadable checkpoints moved aside, as logged
 
   def log_set_aside(message: str) -> None:
