@@ -135,14 +135,16 @@ def test_converted_model_runs_through_the_scripts(keras_models, converted, frame
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
+  # At the frames' own size, as Keras ran (the converted model records NYU's
+  # 480x640, where the scripts would run it by default).
   run("predict.py", "--input", str(data / "rgb"), "--output", str(tmp_path / "pred"),
-      "--no-flip")
+      "--no-flip", "--resolution", "native")
   predicted = np.stack([np.load(tmp_path / "pred" / f"frame{i}.npy") for i in range(3)])
   assert predicted.shape == (3, HEIGHT, WIDTH)
   assert relative_max_error(predicted, expected_NxHxW) <= 1e-4
 
   run("evaluate.py", "--data", f"folder:{data / 'manifest.csv'}", "--protocol",
-      "densedepth", "--no-flip", "--num-samples", "0", "--output",
+      "densedepth", "--no-flip", "--resolution", "native", "--num-samples", "0", "--output",
       str(tmp_path / "eval.json"))
   result = json.loads((tmp_path / "eval.json").read_text())["metrics"]
   reference = metrics.depth_metrics(np.stack(gt), expected_NxHxW, "densedepth")
@@ -153,7 +155,8 @@ def test_converted_model_runs_through_the_scripts(keras_models, converted, frame
   # it is written for this model.
   stablehlo = tmp_path / "depth.stablehlo"
   run("export.py", "--format", "stablehlo", "--output", str(stablehlo), "--height",
-      str(HEIGHT), "--width", str(WIDTH), "--no-flip", "--platforms", "cpu")
+      str(HEIGHT), "--width", str(WIDTH), "--no-flip", "--platforms", "cpu",
+      "--resolution", "native")
   (aval,) = jax.export.deserialize(stablehlo.read_bytes()).in_avals
   assert aval.shape[1:] == (HEIGHT, WIDTH, 3)
   meta = json.loads((tmp_path / "depth.stablehlo.json").read_text())
