@@ -9,7 +9,7 @@ Starts from the model in config.init.model (a directory from `python -m
 weights_conversion ...`, or a training workdir, DIR or DIR:best): its
 architecture, weights and BatchNorm statistics; a fresh optimizer from step
 0. The loss is the paper's, so the frozen perceptual ResNet-50 is read from
-weights/resnet50 (README, "Use PyTorch weights"; or
+weights/resnet50 (docs/weights.md; or
 --config.loss.perceptual=0 to leave that term out). Frames must be multiples
 of 32 in height and width, or set --config.data.crop=H,W.
 """

@@ -7,7 +7,7 @@ DenseNet-121 encoder from ImageNet weights, frozen ImageNet ResNet-50
 (b1 0.9, b2 0.999), 80,000 steps, horizontal flip p=0.5 and channel
 permutation p=0.25, flip-TTA evaluation on the 654 test images.
 
-Needs (README, "Train on NYU Depth v2"):
+Needs (docs/training.md, "Train on NYU Depth v2"):
   weights/densenet121, weights/resnet50  converted torchvision ImageNet weights
   NYU: TFDS `nyu_depth_v2` prepared in array_record format (default), or
        --config.data.train=nyu_zip:PATH/nyu_data.zip --config.data.eval=nyu_zip:PATH/nyu_data.zip

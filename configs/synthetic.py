@@ -11,7 +11,7 @@ No ImageNet weights are assumed, so the DenseNet-121 encoder starts from
 random init and the perceptual term is off: its value comes from ImageNet
 features, and on a CPU its 224x224 ResNet-50 pass would cost as much as the
 depth network at this resolution. The other three terms are the paper's.
-With converted weights (README, "Use PyTorch weights") add
+With converted weights (docs/weights.md) add
 --config.init.from_scratch=False
 --config.loss.perceptual=0.5 for the full recipe.
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from scripts import benchmark
+from percdepth_jax.commands import benchmark
 from tests.helpers import REPO
 
 

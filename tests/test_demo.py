@@ -284,7 +284,7 @@ def test_glb_holds_the_depth_surface(tmp_path):
 def test_bad_start_exits_2_with_a_message(tmp_path, capsys, monkeypatch):
   """A checkpoint that does not exist, and a machine without Gradio: exit 2
   with a line naming the problem (and the extra to install)."""
-  from scripts import demo
+  from percdepth_jax.commands import demo
   assert demo.main(["--checkpoint", str(tmp_path / "nothing")]) == 2
   err = capsys.readouterr().err
   assert "does not exist" in err and "Traceback" not in err

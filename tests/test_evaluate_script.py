@@ -10,7 +10,7 @@ import pytest
 import percdepth_jax
 from percdepth_jax import evaluation, metrics
 from percdepth_jax.data import resolve_spec
-from scripts import evaluate as evaluate_script
+from percdepth_jax.commands import evaluate as evaluate_script
 from tests import helpers
 
 DATA = "synthetic:3:5"

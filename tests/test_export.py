@@ -9,7 +9,7 @@ import pytest
 
 import percdepth_jax
 from percdepth_jax import export
-from scripts import export as export_script
+from percdepth_jax.commands import export as export_script
 from tests import helpers
 from tests.helpers import relative_max_error
 

@@ -1,4 +1,4 @@
-"""The package's imports point one way: scripts -> workflows (training,
+"""The package's imports point one way: commands -> workflows (training,
 evaluation, inference, export, ...) -> model_io -> storage -> building
 blocks (models, losses, metrics, edges, data). Nothing in percdepth_jax
 imports torch or weights_conversion (the PyTorch side). Every import
@@ -27,6 +27,8 @@ RANKS = {
     "percdepth_jax.benchmark_workers": 3,
     "percdepth_jax.cli": 3, "percdepth_jax.demo": 3, "percdepth_jax.compile_report": 3,
     "percdepth_jax": 4,  # the package facade (__init__): load_model, predict_depth
+    # The command-line tasks (scripts/ and `percdepth` run them), and `python -m`.
+    "percdepth_jax.commands": 5, "percdepth_jax.__main__": 5,
 }
 
 

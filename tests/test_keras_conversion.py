@@ -162,7 +162,7 @@ def test_converted_model_runs_through_the_scripts(keras_models, converted, frame
   meta = json.loads((tmp_path / "depth.stablehlo.json").read_text())
   assert meta["model_config"] == percdepth_jax.load_model(model_dir).config.to_dict()
 
-  # Fine-tuning (README "Fine-tune on your own RGB-D data") starts from it:
+  # Fine-tuning (docs/training.md "Fine-tune on your own RGB-D data") starts from it:
   # the model a run of configs/finetune.py builds is the converted one, Keras's
   # BatchNorm epsilon included. (That train.py trains such a model from a
   # converted directory is tests/test_journeys.py's fine-tuning journey.)

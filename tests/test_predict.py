@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from percdepth_jax import depth_outputs
-from scripts import predict
+from percdepth_jax.commands import predict
 from tests.helpers import REAL_RGBD
 
 NYU_RGB = REAL_RGBD / "nyu" / "rgb"

@@ -15,7 +15,7 @@ import percdepth_jax
 from percdepth_jax import inference, storage
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.models import DepthNet
-from scripts import predict
+from percdepth_jax.commands import predict
 from tests.helpers import nyu_images, save_toy_model
 
 TRAIN_HW = (64, 96)  # the main job's training size
@@ -194,7 +194,7 @@ def test_evaluate_script_resolution(tmp_path):
   is 8e-4 or more away), and the two predictions differ."""
   from percdepth_jax import metrics
   from percdepth_jax.data import resolve_spec
-  from scripts import evaluate
+  from percdepth_jax.commands import evaluate
   checkpoint = save_toy_model(tmp_path / "model", train_resolution=TRAIN_HW)
   model = percdepth_jax.load_model(checkpoint)
   source = resolve_spec("synthetic:2:5", split="test", height=128, width=192)

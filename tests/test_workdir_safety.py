@@ -201,7 +201,7 @@ def test_readers_fall_back_without_moving_anything(trained, tmp_path, caplog, ca
   DIR:best is a clear error (evaluate.py: exit 2, the path and the fix, no
   traceback); all checkpoints damaged is a UserInputError listing them."""
   from percdepth_jax.model_io import load_model_with_step
-  from scripts import evaluate
+  from percdepth_jax.commands import evaluate
   workdir = _copy(trained, tmp_path)
   _truncate(workdir / "checkpoints" / "3")
   with caplog.at_level(logging.WARNING):
@@ -271,7 +271,7 @@ def test_full_disk_stops_the_run_and_the_same_command_resumes(tmp_path, monkeypa
   checkpoints 1 and 2 intact. With the failure gone, the same command
   resumes from step 2 and finishes with every step logged once."""
   import orbax.checkpoint as ocp
-  from scripts import train
+  from percdepth_jax.commands import train
   workdir = tmp_path / "full"
   # A config file, not --config.* overrides: absl cannot define those twice
   # in one process.

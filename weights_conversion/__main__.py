@@ -18,9 +18,9 @@ from percdepth_jax.errors import UserInputError
 from percdepth_jax.models.summary import format_parameter_counts
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m weights_conversion",
+      prog=prog,
       description="Convert PyTorch or Keras weights into a percdepth_jax model directory.")
   sub = parser.add_subparsers(dest="format", required=True)
   tv = sub.add_parser("torchvision", help="a torchvision ImageNet state dict")
@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m weights_conversion") -> int:
+  """prog: the command as typed (`percdepth convert` runs this too)."""
+  args = _parser(prog).parse_args(argv)
   # Imported late so that --help is instant.
   from weights_conversion import convert
   try:

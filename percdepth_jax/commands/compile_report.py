@@ -36,12 +36,12 @@ os.environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from percdepth_jax.cli import EXIT_FAILED, run_script  # noqa: E402
+from percdepth_jax.cli import CONFIG_HELP, EXIT_FAILED, run_script  # noqa: E402
 from percdepth_jax.errors import UserInputError  # noqa: E402
 from percdepth_jax.training.config import unknown_override_message  # noqa: E402
 
 FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=FLAGS,
+config_flags.DEFINE_config_file("config", None, CONFIG_HELP, flag_values=FLAGS,
                                 lock_config=True)
 flags.DEFINE_string("target", None, "h100, a100-80gb, a100-40gb, l4, or a TPU topology "
                     "such as v5e:2x2", flag_values=FLAGS)
@@ -157,8 +157,8 @@ def run(args) -> int:
   return EXIT_FAILED if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-  return run_script(FLAGS, run, argv, __doc__, explain=unknown_override_message)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+  return run_script(FLAGS, run, argv, __doc__, explain=unknown_override_message, prog=prog)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ flags.DEFINE_string("resolution", "train", "where the network runs: train, nativ
                     flag_values=FLAGS)
 flags.mark_flags_as_required(["checkpoint"], flag_values=FLAGS)
 
+# Example photos offered on the page when run from a checkout; elsewhere (an
+# installed wheel) the page has none and works the same.
 EXAMPLES = ("docs/images/predict/nyu_rgb.jpg", "docs/images/predict/synthetic_rgb.png",
             "docs/images/predict/synthetic2_rgb.png")
 
@@ -54,8 +56,8 @@ def run(args) -> int:
   return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-  return run_script(FLAGS, run, argv, __doc__)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+  return run_script(FLAGS, run, argv, __doc__, prog=prog)
 
 
 if __name__ == "__main__":

@@ -98,8 +98,8 @@ def run(args) -> int:
   return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-  return run_script(FLAGS, run, argv, __doc__)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+  return run_script(FLAGS, run, argv, __doc__, prog=prog)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from percdepth_jax.cli import EXIT_FAILED, run_script, use_compilation_cache
+from percdepth_jax.cli import CONFIG_HELP, EXIT_FAILED, run_script, use_compilation_cache
 from percdepth_jax.training.config import unknown_override_message
 
 FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=FLAGS,
+config_flags.DEFINE_config_file("config", None, CONFIG_HELP, flag_values=FLAGS,
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints and logs", flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
@@ -47,8 +47,8 @@ def run(args) -> int:
   return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-  return run_script(FLAGS, run, argv, __doc__, explain=unknown_override_message)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+  return run_script(FLAGS, run, argv, __doc__, explain=unknown_override_message, prog=prog)
 
 
 if __name__ == "__main__":
