@@ -158,10 +158,14 @@ def env() -> dict[str, str]:
 def run(command: str, cwd: pathlib.Path, *, expect: int = 0, timeout: int = 900
         ) -> subprocess.CompletedProcess:
   """Runs a shell-style command line as a user would (`python` is this
-  interpreter); fails the test with the command's output on another exit code."""
+  interpreter, `percdepth` the installed command as this interpreter's
+  `python -m percdepth_jax`; tests/test_wheel.py runs the console script
+  itself); fails the test with the command's output on another exit code."""
   argv = command.split()
   if argv[0] == "python":
     argv[0] = sys.executable
+  elif argv[0] == "percdepth":
+    argv[:1] = [sys.executable, "-m", "percdepth_jax"]
   result = subprocess.run(argv, cwd=cwd, env=env(), capture_output=True, text=True,
                           timeout=timeout)
   assert result.returncode == expect, (
