@@ -260,8 +260,7 @@ def test_readme_command_on_a_stand_in():
   the paper's config made small (toy encoder, 64x64 frames)."""
   _need_compilers(targets.resolve("h100"))
   command = readme_command(
-      "python scripts/compile_report.py --config configs/nyu_paper.py --target h100 "
-      "--batch 8,32")
+      "percdepth compile-report --config nyu_paper --target h100 --batch 8,32")
   small = (" --config.model.encoder=densenet_tiny --config.data.height=64"
            " --config.data.width=64")
   out = run(command + small, REPO).stdout

@@ -3,10 +3,13 @@
 Each journey runs the README's own commands as subprocesses in a fresh
 working directory (scripts/, configs/ and docs/ as in the repository), with
 only sizes, step counts and paths swapped for small stand-ins made here:
-random-init torchvision weights saved with torch.save, DenseDepth's
-nyu_data.zip layout and RGB-D folders built from the real NYU frames. Every
-command is first looked up in README.md, so the README and these tests
-cannot drift apart; every README Python block is run as well.
+random-init torchvision weights saved with torch.save, a Keras model of
+DenseDepth's architecture saved as nyu.h5, DenseDepth's nyu_data.zip layout
+and RGB-D folders built from the real NYU frames. Every command is first
+looked up in README.md (or in the docs/ page the README links for it), so
+the pages and these tests cannot drift apart; every Python block of the
+README, docs/usage.md and docs/weights.md is run as well. `percdepth` runs
+as `python -m percdepth_jax` (tests/test_wheel.py runs the installed one).
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests import helpers
 from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()
+# Pages whose commands and Python blocks are run here besides the README's.
+DOCS = ("docs/usage.md", "docs/weights.md")
 
 
 def _normalise(text: str) -> str:
@@ -33,14 +39,16 @@ def _normalise(text: str) -> str:
   return " ".join(text.replace("\\\n", " ").split())
 
 
-def readme_command(command: str) -> str:
-  """`command`, after checking that the README shows it verbatim."""
-  assert _normalise(command) in _normalise(README), f"README does not show: {command}"
+def readme_command(command: str, page: str = "README.md") -> str:
+  """`command`, after checking that the page (README.md, or a docs/ page
+  it links) shows it verbatim."""
+  text = README if page == "README.md" else (REPO / page).read_text()
+  assert _normalise(command) in _normalise(text), f"{page} does not show: {command}"
   return command
 
 
-def _python_blocks() -> list[str]:
-  return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+def _python_blocks(page: str = "README.md") -> list[str]:
+  return re.findall(r"```python\n(.*?)```", (REPO / page).read_text(), flags=re.S)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +62,12 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def imagenet_weights(project):
-  """README "Use PyTorch weights": torchvision state dicts (random init here),
-  converted with the README's commands into weights/."""
+  """README "Convert PyTorch or Keras weights": torchvision state dicts
+  (random init here), converted with the README's commands into weights/."""
   for seed, arch in enumerate(("densenet121", "resnet50")):
     helpers.save_torchvision(arch, project / f"{arch}.pth", seed=seed)
     helpers.run(readme_command(
-        f"python -m weights_conversion torchvision --arch {arch} --input {arch}.pth "
+        f"percdepth convert torchvision --arch {arch} --input {arch}.pth "
         f"--output weights/{arch}"), project)
   return project / "weights"
 
@@ -72,12 +80,13 @@ def nyu_zip(project):
 
 
 def test_paper_recipe(project, imagenet_weights, nyu_zip):
-  """README "Train on NYU Depth v2" -> "Evaluate" -> "Use a trained model":
-  converted ImageNet weights, configs/nyu_paper.py on DenseDepth's zip (the
-  perceptual network read from the converted full ResNet-50), the same
-  command again on the finished run, evaluate, predict, export."""
+  """README "Train on NYU Depth v2 on a GPU" -> docs/usage.md's evaluate,
+  predict, export: converted ImageNet weights, the packaged nyu_paper config
+  on DenseDepth's zip (the perceptual network read from the converted full
+  ResNet-50), the same command again on the finished run, evaluate,
+  predict, export."""
   train = readme_command(
-      "python scripts/train.py --config configs/nyu_paper.py --workdir workdirs/nyu_paper "
+      "percdepth train --config nyu_paper --workdir workdirs/nyu_paper "
       "--config.data.train=nyu_zip:PATH/nyu_data.zip --config.data.eval=nyu_zip:PATH/nyu_data.zip"
   ).replace("PATH", "data")
   small = (" --config.num_steps=2 --config.batch_size=2 --config.model.decoder_width=0.25"
@@ -95,21 +104,21 @@ def test_paper_recipe(project, imagenet_weights, nyu_zip):
 
   helpers.run(readme_command(
       "python scripts/evaluate.py --checkpoint workdirs/nyu_paper:best --data "
-      "tfds:nyu_depth_v2:validation --protocol densedepth --output results/nyu_densedepth.json"
-  ).replace("tfds:nyu_depth_v2:validation", "nyu_zip:data/nyu_data.zip"), project)
+      "tfds:nyu_depth_v2:validation --protocol densedepth --output results/nyu_densedepth.json",
+      "docs/usage.md").replace("tfds:nyu_depth_v2:validation", "nyu_zip:data/nyu_data.zip"), project)
   evaluated = json.loads((project / "results" / "nyu_densedepth.json").read_text())
   assert evaluated["num_images"] == 3 and evaluated["step"] == 2
 
   helpers.run(readme_command(
       "python scripts/predict.py --checkpoint workdirs/synthetic:best --input "
-      "docs/images/predict/nyu_rgb.jpg --output predictions --ply"
+      "docs/images/predict/nyu_rgb.jpg --output predictions --ply", "docs/usage.md"
   ).replace("workdirs/synthetic", "workdirs/nyu_paper"), project)
   depth = np.load(project / "predictions" / "nyu_rgb.npy")
   assert depth.ndim == 2 and np.all((depth >= 0.1) & (depth <= 10.0))
 
   helpers.run(readme_command(
       "python scripts/export.py --checkpoint workdirs/synthetic:best --format stablehlo "
-      "--output depth_480x640.stablehlo"
+      "--output depth_480x640.stablehlo", "docs/usage.md"
   ).replace("workdirs/synthetic", "workdirs/nyu_paper") + " --height 64 --width 96", project)
   contract = json.loads((project / "depth_480x640.stablehlo.json").read_text())
   assert contract["step"] == 2
@@ -140,17 +149,18 @@ def _save_reference_model(path, *, seed: int, encoder: str, **options) -> None:
 
 @pytest.fixture(scope="module")
 def my_depth_model(project):
-  """README "Use PyTorch weights": a DenseDepth-layout PyTorch depth model
-  converted with the README's command (decoder width 0.25 to keep it small)."""
+  """docs/weights.md "Use PyTorch weights": a DenseDepth-layout PyTorch depth
+  model converted with its command (decoder width 0.25 to keep it small)."""
   _save_reference_model(project / "model.pth", seed=3, encoder="densenet121")
   helpers.run(readme_command(
-      "python -m weights_conversion densedepth --input model.pth --output weights/my_depth_model"
-  ) + " --decoder-width 0.25", project)
+      "python -m weights_conversion densedepth --input model.pth --output weights/my_depth_model",
+      "docs/weights.md") + " --decoder-width 0.25", project)
   return project / "weights" / "my_depth_model"
 
 
 def test_bring_a_pytorch_model(project, imagenet_weights, my_depth_model):
-  """README "Use PyTorch weights" -> "Fine-tune on your own RGB-D data":
+  """docs/weights.md "Use PyTorch weights" -> README "Fine-tune on your own
+  RGB-D frames":
   DenseDepth-layout checkpoints converted (paper variant; DenseNet-169 with
   --densedepth-compat), both evaluated, the paper one fine-tuned with the
   README's command on an RGB-D folder (frames cropped to multiples of 32
@@ -173,7 +183,7 @@ def test_bring_a_pytorch_model(project, imagenet_weights, my_depth_model):
     assert result["num_images"] == 5 and 0.0 <= result["metrics"]["d1"] <= 1.0
 
   finetune = readme_command(
-      "python scripts/train.py --config configs/finetune.py --workdir workdirs/finetune "
+      "percdepth train --config finetune --workdir workdirs/finetune "
       "--config.init.model=weights/my_depth_model "
       "--config.data.train=folder:my_rgbd/train/manifest.csv "
       "--config.data.eval=folder:my_rgbd/val/manifest.csv")
@@ -240,20 +250,60 @@ def test_main_job_cut_short_and_rerun(project, main_job):
   assert "is finished" in finished
 
 
-def test_readme_python_blocks(project, main_job, my_depth_model, imagenet_weights):
-  """Every ```python block of the README runs against the stand-ins: the
-  files it names exist (made by the README's own commands where it has
-  them), its placeholder arrays are small images, and the depth it computes
-  is finite metres."""
+@pytest.fixture(scope="module")
+def densedepth_nyu(project):
+  """README "Depth for your photos": DenseDepth's nyu.h5 (a stand-in: its
+  Keras architecture on DenseNet-121, random weights, built by tf_keras in a
+  process of its own) converted with the README's command."""
+  np.save(project / "frames.npy", helpers.nyu_images(64, 96))
+  variant = "densenet121_full_no_leaky"
+  helpers.run(f"python -m weights_conversion.keras_reference --images frames.npy "
+              f"--output keras --variant {variant}", project)
+  shutil.copy(project / "keras" / f"{variant}.h5", project / "nyu.h5")
+  helpers.run(readme_command(
+      "percdepth convert densedepth-keras --input nyu.h5 --output weights/densedepth_nyu"),
+      project)
+  return project / "weights" / "densedepth_nyu"
+
+
+def test_depth_for_your_photos(project, densedepth_nyu, nyu_zip):
+  """README "Depth for your photos" and "Evaluate under a published
+  protocol": the converted nyu.h5 predicts depth for a photo and is scored
+  under densedepth_official on DenseDepth's zip (the network at the frames'
+  own small size here; by default it runs at NYU's 480x640)."""
+  Image.fromarray(helpers.nyu_images(96, 128)[0]).save(project / "photo.jpg")
+  helpers.run(readme_command(
+      "percdepth predict --checkpoint weights/densedepth_nyu --input photo.jpg "
+      "--output predictions") + " --resolution native", project)
+  depth = np.load(project / "predictions" / "photo.npy")
+  assert depth.shape == (96, 128) and np.all((depth >= 0.1) & (depth <= 10.0))
+
+  helpers.run(readme_command(
+      "percdepth evaluate --checkpoint weights/densedepth_nyu --data "
+      "nyu_zip:PATH/nyu_data.zip:test --protocol densedepth_official "
+      "--output results/densedepth_nyu.json").replace("PATH", "data") + " --resolution native",
+      project)
+  result = json.loads((project / "results" / "densedepth_nyu.json").read_text())
+  assert result["protocol"] == "densedepth_official" and result["num_images"] == 3
+
+
+def test_python_blocks(project, main_job, my_depth_model, imagenet_weights, densedepth_nyu):
+  """Every ```python block of the README, docs/usage.md and docs/weights.md
+  runs against the stand-ins: the files it names exist (made by the pages'
+  own commands where they have them), its placeholder arrays are small
+  images, and the depth it computes is finite metres."""
   shutil.copy(REPO / "docs" / "images" / "predict" / "nyu_rgb.jpg", project / "photo.jpg")
-  # The export snippet's files, written by the README's export commands from a
+  # The export snippets' files, written by the pages' export commands from a
   # toy model (the ONNX conversion of DenseNet-121 alone takes minutes).
   helpers.save_toy_model(project / "toy_model")
-  for fmt in ("stablehlo", "onnx"):
-    helpers.run(readme_command(
-        f"python scripts/export.py --checkpoint workdirs/synthetic:best --format {fmt} "
-        f"--output depth_480x640.{fmt}").replace("workdirs/synthetic:best", "toy_model")
-        + " --height 64 --width 64", project)
+  exports = [readme_command("percdepth export --checkpoint weights/densedepth_nyu --format "
+                            "stablehlo --output depth_480x640.stablehlo")
+             .replace("weights/densedepth_nyu", "toy_model"),
+             readme_command("python scripts/export.py --checkpoint workdirs/synthetic:best "
+                            "--format onnx --output depth_480x640.onnx", "docs/usage.md")
+             .replace("workdirs/synthetic:best", "toy_model")]
+  for command in exports:
+    helpers.run(command + " --height 64 --width 64", project)
   prelude = (
       "import numpy as np\n"
       "from PIL import Image\n"
@@ -264,8 +314,8 @@ def test_readme_python_blocks(project, main_job, my_depth_model, imagenet_weight
   epilogue = (
       "\nassert np.all(np.isfinite(np.asarray(depth_m))) and np.asarray(depth_m).min() >= 0.1\n"
       "print('ok', np.asarray(depth_m).shape)\n")
-  blocks = _python_blocks()
-  assert len(blocks) >= 3
+  blocks = [b for page in ("README.md", *DOCS) for b in _python_blocks(page)]
+  assert len(_python_blocks()) >= 2 and len(blocks) >= 5
   for block in blocks:
     script = project / "readme_block.py"
     script.write_text(prelude + block + epilogue)
@@ -273,18 +323,17 @@ def test_readme_python_blocks(project, main_job, my_depth_model, imagenet_weight
     assert "ok" in result.stdout, block
 
 
-def test_demo_serves_the_main_jobs_model(project, main_job):
-  """README "Try it in the browser": the demo starts with its one command on
-  the main job's checkpoint and serves a page that names the model and the
-  synthetic rooms it was trained on (tests/test_demo.py drives the page in
-  a browser)."""
+def test_demo_serves_the_converted_model(project, densedepth_nyu):
+  """README "Depth for your photos": the demo starts with its command on the
+  converted nyu.h5 and serves a page that names where the model came from
+  (tests/test_demo.py drives the page in a browser)."""
   import socket
   import urllib.request
-  command = readme_command("python scripts/demo.py --checkpoint workdirs/synthetic:best")
+  command = readme_command("percdepth demo --checkpoint weights/densedepth_nyu")
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  argv = [sys.executable] + command.split()[1:] + ["--port", str(port)]
+  argv = [sys.executable, "-m", "percdepth_jax"] + command.split()[1:] + ["--port", str(port)]
   proc = subprocess.Popen(argv, cwd=project, env=helpers.env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   try:
@@ -295,7 +344,7 @@ def test_demo_serves_the_main_jobs_model(project, main_job):
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=5).read().decode()
       except OSError:
         time.sleep(1)
-    assert "Trained here (best checkpoint) on `synthetic:" in page
+    assert "Converted from" in page and "nyu.h5" in page
   finally:
     proc.terminate()
     proc.wait(timeout=30)
