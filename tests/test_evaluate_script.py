@@ -9,8 +9,8 @@ import pytest
 
 import percdepth_jax
 from percdepth_jax import evaluation, metrics
-from percdepth_jax.data import resolve_spec
 from percdepth_jax.commands import evaluate as evaluate_script
+from percdepth_jax.data import resolve_spec
 from tests import helpers
 
 DATA = "synthetic:3:5"

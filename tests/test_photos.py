@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageOps
 
 import percdepth_jax
-from percdepth_jax.data import decode, photos
 from percdepth_jax.commands import predict
+from percdepth_jax.data import decode, photos
 from tests.helpers import block_import, nyu_images, save_toy_model
 
 # Pillow's transpose that undoes each orientation: storing orient^-1(U) with

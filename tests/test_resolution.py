@@ -13,9 +13,9 @@ from PIL import Image
 
 import percdepth_jax
 from percdepth_jax import inference, storage
+from percdepth_jax.commands import predict
 from percdepth_jax.errors import UserInputError
 from percdepth_jax.models import DepthNet
-from percdepth_jax.commands import predict
 from tests.helpers import nyu_images, save_toy_model
 
 TRAIN_HW = (64, 96)  # the main job's training size
@@ -193,8 +193,8 @@ def test_evaluate_script_resolution(tmp_path):
   against evaluate's jax.image.resize: to 1e-4, where the other resolution
   is 8e-4 or more away), and the two predictions differ."""
   from percdepth_jax import metrics
-  from percdepth_jax.data import resolve_spec
   from percdepth_jax.commands import evaluate
+  from percdepth_jax.data import resolve_spec
   checkpoint = save_toy_model(tmp_path / "model", train_resolution=TRAIN_HW)
   model = percdepth_jax.load_model(checkpoint)
   source = resolve_spec("synthetic:2:5", split="test", height=128, width=192)

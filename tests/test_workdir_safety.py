@@ -200,8 +200,8 @@ def test_readers_fall_back_without_moving_anything(trained, tmp_path, caplog, ca
   before and says so (a warning naming both), moving nothing; a damaged
   DIR:best is a clear error (evaluate.py: exit 2, the path and the fix, no
   traceback); all checkpoints damaged is a UserInputError listing them."""
-  from percdepth_jax.model_io import load_model_with_step
   from percdepth_jax.commands import evaluate
+  from percdepth_jax.model_io import load_model_with_step
   workdir = _copy(trained, tmp_path)
   _truncate(workdir / "checkpoints" / "3")
   with caplog.at_level(logging.WARNING):

@@ -5,6 +5,7 @@ DenseDepth's released Keras model.
   python -m weights_conversion densedepth --input nyu.pth --output weights/densedepth_nyu --densedepth-compat
   python -m weights_conversion densedepth-keras --input nyu.h5 --output weights/densedepth_nyu
 
+The installed `percdepth convert ...` runs this with the same arguments.
 Exit code 0 on success, 2 on bad input (the message says what and why);
 nothing is written unless every weight in the file matches the model.
 """
