@@ -356,3 +356,23 @@ cp -r {mnt}/w {out}/w
     assert f"resuming {mnt / 'w'} from step {complete[-1]}\n" in read("second.out")
   assert "cannot be restored" not in read("second.out")
   assert _steps_logged(out / "w") == [1, 2, 3, 4]
+
+
+def test_tensorstore_no_space_is_a_full_disk():
+  """Orbax's array writer (TensorStore) reports ENOSPC as a ValueError with
+  the OS error code in its text; it counts as a full disk, naming the file
+  (the text below is the one a full tmpfs gave)."""
+  from percdepth_jax.training import disk_full
+  text = ('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/2.orbax-checkpoint-tmp'
+          '/train/_sharding": Failed writing: "/w/checkpoints/2/_sharding.__lock": Failed to '
+          "write 32023 bytes to file 5: No space left on device [os_error_code='28']")
+  try:
+    try:
+      raise ValueError(text)
+    except ValueError as inner:
+      raise RuntimeError("save failed") from inner
+  except RuntimeError as outer:
+    found = disk_full.no_space_error(outer)
+  assert found.errno == errno.ENOSPC
+  assert found.filename == "/w/checkpoints/2.orbax-checkpoint-tmp/train/_sharding"
+  assert disk_full.no_space_error(ValueError("RESOURCE_EXHAUSTED: out of memory")) is None

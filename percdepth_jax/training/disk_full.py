@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import pathlib
+import re
 import shutil
 
 
@@ -17,13 +18,24 @@ class DiskFullError(RuntimeError):
   """A write into the workdir failed for lack of space; the run stopped."""
 
 
+# TensorStore (Orbax's array writer) reports ENOSPC as a ValueError:
+# 'RESOURCE_EXHAUSTED: Error writing local file "PATH": ... No space left on
+# device [os_error_code='28']'.
+_TENSORSTORE_NO_SPACE = re.compile(r"os_error_code='28'|No space left on device")
+_TENSORSTORE_PATH = re.compile(r'writing local file "([^"]+)"')
+
+
 def no_space_error(error: BaseException) -> OSError | None:
-  """The ENOSPC OSError behind `error` (itself or in its chain), or None."""
+  """The ENOSPC behind `error` (itself or in its chain) as an OSError, or
+  None."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
       return error
+    if not isinstance(error, OSError) and _TENSORSTORE_NO_SPACE.search(str(error)):
+      path = _TENSORSTORE_PATH.search(str(error))
+      return OSError(errno.ENOSPC, "No space left on device", path and path.group(1))
     error = error.__cause__ or error.__context__
   return None
 
