@@ -24,7 +24,9 @@ traced (`on_cpu`, `jax.lax.platform_dependent`): a program lowered for the
 CPU runs the kernels, the same traced program lowered for a GPU or TPU
 runs XLA's own convolutions and gradients (cuDNN's), so a train step traced
 on a CPU host compiles ahead of time for an H100, and `jax.export` for
-("cpu", "cuda") carries both. `cpu_gradient_kernels(False)` turns the
+("cpu", "cuda") carries both (a program with the oneDNN calls in it needs
+`jax.export.DisabledSafetyCheck.custom_call` for their targets, as any FFI
+call does). `cpu_gradient_kernels(False)` turns the
 kernels off everywhere, for forward-mode differentiation (`jax.jvp`,
 `jax.jacfwd`) or to compare against XLA's own gradients;
 `cpu_gradient_kernels(True)` forces them on every platform (to check that
