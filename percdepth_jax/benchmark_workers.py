@@ -48,7 +48,6 @@ class Workload:
   flops_per_step: float | None = None  # XLA cost analysis (JAX only)
   memory_bytes: int | None = None
   memory_source: str = ""
-  times_s: list[float] = dataclasses.field(default_factory=list)  # per step, per round
   compiled: Any = None  # the XLA executable (JAX), for profiling and HLO inspection
   info: dict = dataclasses.field(default_factory=dict)  # device, versions, settings
 
@@ -130,7 +129,7 @@ def serve(build: Callable[[dict], Workload], argv: list[str] | None = None) -> i
 
 
 class WorkerError(RuntimeError):
-  pass
+  """A worker exited or failed to build its workload (its output is above)."""
 
 
 class Worker:

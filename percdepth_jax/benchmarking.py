@@ -20,7 +20,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from percdepth_jax.benchmark_workers import Workload, serve, synthetic_batch

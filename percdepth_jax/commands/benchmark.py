@@ -35,6 +35,7 @@ import sys
 
 from absl import flags
 
+from percdepth_jax import benchmark_workers as bw
 from percdepth_jax.cli import run_script
 from percdepth_jax.errors import UserInputError
 
@@ -91,7 +92,6 @@ def _mib(n) -> str:
   return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
-FRAMEWORKS = ("jax", "pytorch", "pytorch_compile")
 WORKER_MODULES = {"jax": "percdepth_jax.benchmarking",
                   "pytorch": "weights_conversion.torch_benchmark"}
 
@@ -139,10 +139,9 @@ def _shared_constants(encoder: str) -> dict:
                     "max_depth": m.max_depth, "target_max_value": m.target_max_value}}
 
 
-def _workers(args, modes: list[str]) -> list[tuple[str, str, "Worker"]]:
+def _workers(args, modes: list[str]) -> list[tuple[str, str, bw.Worker]]:
   """(mode, framework, worker): one worker per mode and framework or
   variant, in timing order."""
-  from percdepth_jax.benchmark_workers import Worker
   common = {"encoder": args.encoder, "dtype": args.dtype, "batch": args.batch,
             "height": args.height, "width": args.width}
   kinds = [("jax", "jax", {}, {})]
@@ -166,12 +165,8 @@ def _workers(args, modes: list[str]) -> list[tuple[str, str, "Worker"]]:
       spec = {**common, **extra, "mode": mode,
               "peak_flops": not workers}  # measured once, by the first JAX worker
       workers.append((mode, framework,
-                      Worker(name, WORKER_MODULES[framework], spec, {**base_env, **env})))
+                      bw.Worker(name, WORKER_MODULES[framework], spec, {**base_env, **env})))
   return workers
-
-
-def _mib(n) -> str:
-  return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
 def _print_table(results: dict) -> None:
@@ -233,8 +228,6 @@ def _ratios(entry: dict, peak_flops: float | None) -> None:
 
 
 def run(args) -> int:
-  from percdepth_jax import benchmark_workers as bw
-
   modes = _check(args)
   jobs = _workers(args, modes)
   workers = [w for _, _, w in jobs]
