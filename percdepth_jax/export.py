@@ -122,7 +122,7 @@ def depth_function(model: DepthNet, height: int, width: int, *,
     # The plain formulations (no CPU gradient kernels): the exported graph
     # is forward-only and the same whichever backend traced it.
     with convolution.cpu_gradient_kernels(False):
-      depth_NxIxJ = network_metres(net, x, flip)[..., 0]
+      depth_NxIxJ = network_metres(net, x, flip, one_batch=False)[..., 0]
     if not resize_out:
       return depth_NxIxJ
     depth_NxHxJ = jnp.einsum("hi,nij->nhj", rows_HxI, depth_NxIxJ)

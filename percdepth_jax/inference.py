@@ -113,16 +113,29 @@ def run_size(model: DepthNet, height: int, width: int,
   return resolution
 
 
-def network_metres(model: DepthNet, x_NxHxWx3: jax.Array, flip: bool = True
-                   ) -> jax.Array:
+def network_metres(model: DepthNet, x_NxHxWx3: jax.Array, flip: bool = True,
+                   one_batch: bool = True) -> jax.Array:
   """The network's depth in metres at its output resolution (N x H x W x 1,
   H/2 x W/2 with output_stride 2); with `flip`, averaged with the mirrored
-  image's prediction mirrored back (the paper's test-time augmentation)."""
-  depth = model.to_metres(model(x_NxHxWx3))
-  if flip:
+  image's prediction mirrored back (the paper's test-time augmentation).
+
+  The model must be in eval mode (`model.eval()`). With `one_batch` the
+  images and their mirrors run as one batch of 2N: with BatchNorm's running
+  statistics each image gets the depth a batch of its own would, and one
+  pass is faster on the CPU than two (docs/benchmarks.md). Exported graphs
+  run two passes (`one_batch=False`): ONNX conversion cannot split a
+  symbolic batch of 2N.
+  """
+  if not flip:
+    return model.to_metres(model(x_NxHxWx3))
+  if not one_batch:
+    depth = model.to_metres(model(x_NxHxWx3))
     mirrored = model.to_metres(model(x_NxHxWx3[:, :, ::-1]))[:, :, ::-1]
-    depth = 0.5 * (depth + mirrored)
-  return depth
+    return 0.5 * (depth + mirrored)
+  n = x_NxHxWx3.shape[0]
+  both_2NxHxWx3 = jnp.concatenate([x_NxHxWx3, x_NxHxWx3[:, :, ::-1]], axis=0)
+  depth_2NxHxWx1 = model.to_metres(model(both_2NxHxWx3))
+  return 0.5 * (depth_2NxHxWx1[:n] + depth_2NxHxWx1[n:, :, ::-1])
 
 
 def depth_metres(model: DepthNet, image_NxHxWx3: jax.Array, flip: bool = True,

@@ -22,8 +22,8 @@ def test_network_size_rounds_to_multiples_of_32():
 
 
 def test_compiles_once_per_shape(model, monkeypatch):
-  """At the native size: tracing runs DepthNet.__call__ twice (image and
-  mirror) at the nearest multiples of 32; repeated calls with the same shape
+  """At the native size: tracing runs DepthNet.__call__ once, on the
+  images and their mirrors as one batch, at the nearest multiples of 32; repeated calls with the same shape
   do not trace again, a new shape does; any size comes back at its own
   resolution in metres within [0.1, 10]."""
   traces = []
@@ -32,14 +32,14 @@ def test_compiles_once_per_shape(model, monkeypatch):
                       lambda self, x: (traces.append(x.shape), original(self, x))[1])
   images = np.random.RandomState(0).randint(0, 256, (2, 45, 75, 3)).astype(np.uint8)
   first = percdepth_jax.predict_depth(model, images, resolution="native")
-  assert len(traces) == 2 and traces[0] == (2, 32, 64, 3)
+  assert traces == [(4, 32, 64, 3)]
   second = percdepth_jax.predict_depth(model, images[::-1].copy(), resolution="native")
-  assert len(traces) == 2
+  assert len(traces) == 1
   np.testing.assert_allclose(second, first[::-1], rtol=1e-6)
   assert first.shape == (2, 45, 75) and first.dtype == np.float32
   assert np.all((first >= 0.1) & (first <= 10.0))
   percdepth_jax.predict_depth(model, images[:, :40], resolution="native")
-  assert len(traces) == 4
+  assert len(traces) == 2
 
 
 def test_flip_off_is_a_single_pass(model):

@@ -2,7 +2,8 @@
 against XLA's own convolution and its autodiff gradients: odd sizes, batch
 1, strides 1 and 2, the RGB stem's 7x7, inputs that are slices and
 transposes of other arrays, and many calls running concurrently in one
-jitted program (oneDNN's scratchpad must be per call)."""
+jitted program (oneDNN's scratchpad must be per call), and the Winograd
+kernel against the same references."""
 
 from __future__ import annotations
 
@@ -77,6 +78,58 @@ def test_bfloat16_kernels_match_xla_float32(case):
   for got, want in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
     assert got.dtype == jnp.bfloat16
     assert relative_max_error(np.asarray(got, np.float32), np.asarray(want)) <= 1e-2
+
+
+WINOGRAD_CASES = [  # batch, height, width, in, out
+    (1, 7, 9, 64, 128),  # odd sizes: the last tiles reach past the image
+    (2, 6, 8, 128, 64),
+    (1, 131, 131, 64, 128),  # 4,356 tiles: more than one chunk
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_winograd_forward_and_input_gradient_match_xla(case, monkeypatch):
+  """3x3 float32 convolutions with 64+ channels both sides go through the
+  Winograd F(2x2, 3x3) kernel (the program holds its custom call, and no
+  longer does with the kernel switched off); forward and input gradient
+  equal XLA's to float32 rounding (relative max error <= 1e-5; Winograd's
+  transforms add about 1e-6)."""
+  b, h, w, c, d = case
+  rng = np.random.RandomState(5)
+  x = jnp.asarray(rng.randn(b, h, w, c), jnp.float32)
+  kernel = jnp.asarray(rng.randn(3, 3, c, d), jnp.float32)
+  y_ref, vjp = jax.vjp(lambda x, k: cpu_conv_grads.lax_conv(x, k, 1, 1), x, kernel)
+  dy = jnp.asarray(rng.randn(*y_ref.shape), jnp.float32)
+  dx_ref, _ = vjp(dy)
+
+  def kernels(x, kernel, dy):
+    return (onednn.conv_forward(x, kernel, 1, 1),
+            onednn.conv_input_grad(dy, kernel, x.shape, 1, 1))
+
+  assert onednn.winograd_suits(x, kernel, 1, 1)
+  assert jax.jit(kernels).lower(x, kernel, dy).as_text().count(onednn._WINOGRAD) == 2
+  y, dx = jax.jit(kernels)(x, kernel, dy)
+  assert relative_max_error(np.asarray(y), np.asarray(y_ref)) <= 1e-5
+  assert relative_max_error(np.asarray(dx), np.asarray(dx_ref)) <= 1e-5
+  monkeypatch.setattr(onednn, "_winograd", False)
+  # A new function: JAX reuses a function's trace whatever the switch.
+  retraced = jax.jit(lambda *operands: kernels(*operands))
+  assert onednn._WINOGRAD not in retraced.lower(x, kernel, dy).as_text()
+
+
+@needs_onednn
+def test_winograd_only_where_it_was_faster():
+  """The dense layers' 3x3 convolutions (32 outputs), 64 -> 64, strides,
+  paddings and bfloat16 stay on oneDNN's direct convolution."""
+  def suits(c, d, stride=1, padding=1, dtype=jnp.float32):
+    x = jnp.zeros((1, 8, 8, c), dtype)
+    return onednn.winograd_suits(x, jnp.zeros((3, 3, c, d), dtype), stride, padding)
+
+  assert suits(128, 64) and suits(64, 128) and suits(1280, 512)
+  assert not suits(128, 32) and not suits(64, 64)
+  assert not suits(128, 128, stride=2) and not suits(128, 128, padding=0)
+  assert not suits(128, 128, dtype=jnp.bfloat16)
 
 
 @needs_onednn

@@ -11,10 +11,11 @@ padding) the fastest way the backend allows, with the same values:
 - everything else (the RGB stems, everything on GPUs and TPUs) as
   `lax.conv`.
 
-With the CPU kernels on, the 3x3 float32 and bfloat16 convolutions of
-training take their forward pass and both gradients from oneDNN through
-XLA FFI custom calls where those are built (`onednn.py`;
-docs/benchmarks.md). They are on by default; `PERCDEPTH_ONEDNN=0` in the
+With the CPU kernels on, the 3x3 float32 and bfloat16 convolutions take
+their forward pass (training and inference) and both gradients from oneDNN
+through XLA FFI custom calls where those are built (`onednn.py`;
+docs/benchmarks.md); the wide float32 ones run by Winograd's F(2x2, 3x3)
+(`onednn.winograd_suits`). They are on by default; `PERCDEPTH_ONEDNN=0` in the
 environment or `onednn_kernels(False)` keeps the pure-JAX kernels.
 
 The same switch selects `cpu_layer_grads`' max pool and resize in

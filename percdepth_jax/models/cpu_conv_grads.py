@@ -12,8 +12,8 @@ of the BatchNorm backward, several times slower than a plain `dot_general`
 of the two row-major operands.
 
 `onednn_conv` (used by `models/convolution.py` where oneDNN is built)
-goes further: under differentiation all three passes are oneDNN's,
-through XLA FFI custom calls.
+goes further: the forward pass (inference included) and both gradients are
+oneDNN's, through XLA FFI custom calls.
 
 They support reverse-mode differentiation only (a custom_vjp has no forward
 mode), so `models/convolution.py` uses them on the CPU backend alone and lets
@@ -112,11 +112,10 @@ conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def onednn_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
                 padding: int) -> jax.Array:
-  """PyTorch's conv2d (float32 or bfloat16); under differentiation its
-  forward pass, input gradient and weight gradient are oneDNN's
-  (`onednn.py`). Outside differentiation (inference) it is XLA's
-  convolution."""
-  return lax_conv(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
+  """PyTorch's conv2d (float32 or bfloat16) as oneDNN's convolution
+  (`onednn.py`); under differentiation its input gradient and weight
+  gradient are oneDNN's too."""
+  return onednn.conv_forward(x_BxHxWxC, kernel_KxKxCxD, stride, padding)
 
 
 def _onednn_fwd(x, kernel, stride, padding):

@@ -8,11 +8,18 @@
 // plain HWIO sends it to a slower im2col path) with a reorder from/to HWIO.
 // Scratchpads are per call: XLA runs independent custom calls at the same
 // time, and a library-managed scratchpad is shared between them.
+//
+// A fourth handler computes the float32 3x3, stride 1, padding 1 forward
+// pass by Winograd's F(2x2, 3x3) algorithm: 16 multiplications per 2x2
+// output tile instead of 36, the channel mixing as one batched oneDNN
+// matrix product per chunk of tiles, the transforms as vectorised loops.
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -255,8 +262,234 @@ auto ConvBinding() {
       .Attr<int64_t>("padding");
 }
 
+
+// --- Winograd F(2x2, 3x3), float32 -------------------------------------------
+//
+// y = A^T [(G g G^T) . (B^T d B)] A for every 4x4 input patch d (stride 2)
+// and 2x2 output tile, with Lavin & Gray's matrices
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+//   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1].
+// The 16 products of each tile, summed over input channels, are 16 matrix
+// products (tiles x C) (C x D). Tiles are processed in chunks so that the
+// transformed input and products stay within kChunkBytes whatever the
+// image size.
+
+constexpr int64_t kChunkBytes = int64_t{48} << 20;
+
+// U[k][c][d] = (G g G^T)[k] for the HWIO kernel g (cd = C * D).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void WinogradWeights(const float* g, float* u, int64_t cd) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < cd; ++i) {
+    float q[4][3];
+    for (int j = 0; j < 3; ++j) {
+      const float g0 = g[j * cd + i], g1 = g[(3 + j) * cd + i], g2 = g[(6 + j) * cd + i];
+      q[0][j] = g0;
+      q[1][j] = 0.5f * (g0 + g1 + g2);
+      q[2][j] = 0.5f * (g0 - g1 + g2);
+      q[3][j] = g2;
+    }
+    for (int a = 0; a < 4; ++a) {
+      u[(a * 4 + 0) * cd + i] = q[a][0];
+      u[(a * 4 + 1) * cd + i] = 0.5f * (q[a][0] + q[a][1] + q[a][2]);
+      u[(a * 4 + 2) * cd + i] = 0.5f * (q[a][0] - q[a][1] + q[a][2]);
+      u[(a * 4 + 3) * cd + i] = q[a][2];
+    }
+  }
+}
+
+struct TileGrid {
+  int64_t n, h, w, th, tw;  // batch, image size, tiles per column and row
+  // Tile t's batch index and top-left output pixel.
+  void Locate(int64_t t, int64_t* b, int64_t* y, int64_t* x) const {
+    *b = t / (th * tw);
+    const int64_t r = t % (th * tw);
+    *y = 2 * (r / tw);
+    *x = 2 * (r % tw);
+  }
+};
+
+// V[k][t - t0][c] = (B^T d B)[k] for tiles t0 <= t < t1 of the NHWC input x;
+// pixels outside the image (the zero padding) read `zeros`.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void WinogradInput(const float* x, float* v, const float* zeros, const TileGrid& grid,
+                   int64_t c, int64_t t0, int64_t t1) {
+  const int64_t tiles = t1 - t0;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t b, y0, x0;
+    grid.Locate(t, &b, &y0, &x0);
+    const float* p[4][4];
+    for (int a = 0; a < 4; ++a)
+      for (int e = 0; e < 4; ++e) {
+        const int64_t y = y0 + a - 1, xx = x0 + e - 1;
+        p[a][e] = (y >= 0 && y < grid.h && xx >= 0 && xx < grid.w)
+                      ? x + ((b * grid.h + y) * grid.w + xx) * c : zeros;
+      }
+    float* out[16];
+    for (int k = 0; k < 16; ++k) out[k] = v + (k * tiles + (t - t0)) * c;
+#pragma omp simd
+    for (int64_t ch = 0; ch < c; ++ch) {
+      float d[4][4], e[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int f = 0; f < 4; ++f) d[a][f] = p[a][f][ch];
+      for (int f = 0; f < 4; ++f) {
+        e[0][f] = d[0][f] - d[2][f];
+        e[1][f] = d[1][f] + d[2][f];
+        e[2][f] = d[2][f] - d[1][f];
+        e[3][f] = d[1][f] - d[3][f];
+      }
+      for (int a = 0; a < 4; ++a) {
+        out[a * 4 + 0][ch] = e[a][0] - e[a][2];
+        out[a * 4 + 1][ch] = e[a][1] + e[a][2];
+        out[a * 4 + 2][ch] = e[a][2] - e[a][1];
+        out[a * 4 + 3][ch] = e[a][1] - e[a][3];
+      }
+    }
+  }
+}
+
+// The NHWC output pixels of tiles t0 <= t < t1 from their products
+// M[k][t - t0][d]; pixels past the image's bottom or right edge (odd sizes)
+// go to `sink`.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void WinogradOutput(const float* m, float* y, float* sink, const TileGrid& grid, int64_t d,
+                    int64_t t0, int64_t t1) {
+  const int64_t tiles = t1 - t0;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t b, y0, x0;
+    grid.Locate(t, &b, &y0, &x0);
+    float* q[2][2];
+    for (int a = 0; a < 2; ++a)
+      for (int e = 0; e < 2; ++e)
+        q[a][e] = (y0 + a < grid.h && x0 + e < grid.w)
+                      ? y + ((b * grid.h + y0 + a) * grid.w + x0 + e) * d : sink;
+    const float* in[16];
+    for (int k = 0; k < 16; ++k) in[k] = m + (k * tiles + (t - t0)) * d;
+#pragma omp simd
+    for (int64_t ch = 0; ch < d; ++ch) {
+      float s[2][4];
+      for (int f = 0; f < 4; ++f) {
+        s[0][f] = in[f][ch] + in[4 + f][ch] + in[8 + f][ch];
+        s[1][f] = in[4 + f][ch] - in[8 + f][ch] - in[12 + f][ch];
+      }
+      for (int a = 0; a < 2; ++a) {
+        q[a][0][ch] = s[a][0] + s[a][1] + s[a][2];
+        q[a][1][ch] = s[a][1] - s[a][2] - s[a][3];
+      }
+    }
+  }
+}
+
+// The 16 matrix products of a chunk: (16, tiles, C) x (16, C, D).
+struct BatchedProduct {
+  dnnl::matmul primitive;
+  memory::desc a, b, c, scratchpad_md;
+};
+
+BatchedProduct& BatchedProductFor(int64_t tiles, int64_t c, int64_t d) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<BatchedProduct>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_tuple(tiles, c, d);
+  auto it = cache.find(key);
+  if (it != cache.end()) return *it->second;
+  using tag = memory::format_tag;
+  auto f32 = memory::data_type::f32;
+  auto entry = std::make_unique<BatchedProduct>();
+  entry->a = memory::desc({16, tiles, c}, f32, tag::abc);
+  entry->b = memory::desc({16, c, d}, f32, tag::abc);
+  entry->c = memory::desc({16, tiles, d}, f32, tag::abc);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto pd = dnnl::matmul::primitive_desc(Engine(), entry->a, entry->b, entry->c, attr);
+  entry->primitive = dnnl::matmul(pd);
+  entry->scratchpad_md = pd.scratchpad_desc();
+  return *cache.emplace(key, std::move(entry)).first->second;
+}
+
+// Work buffers handed from call to call (fresh allocations of this size
+// would page-fault on every call); a call takes buffers of its own, so calls
+// that XLA runs at the same time never share one.
+struct Buffer {
+  std::unique_ptr<float[]> data;
+  size_t size = 0;
+};
+
+class BufferPool {
+ public:
+  Buffer Take(size_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // The smallest free buffer that is large enough.
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if (it->size >= size && (best == free_.end() || it->size < best->size)) best = it;
+    if (best == free_.end()) return Buffer{std::unique_ptr<float[]>(new float[size]), size};
+    Buffer buffer = std::move(*best);
+    free_.erase(best);
+    return buffer;
+  }
+  void Give(Buffer buffer) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(std::move(buffer));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<Buffer> free_;
+};
+
+BufferPool& Pool() {
+  static BufferPool pool;
+  return pool;
+}
+
+ffi::Error WinogradForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                               ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), kd = kernel.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4 || kd[0] != 3 || kd[1] != 3 ||
+      kd[2] != xd[3] || yd[0] != xd[0] || yd[1] != xd[1] || yd[2] != xd[2] || yd[3] != kd[3])
+    return ffi::Error::InvalidArgument(
+        "Winograd convolution: NHWC input, 3x3 HWIO kernel and same-size output expected");
+  const int64_t c = xd[3], d = kd[3];
+  const TileGrid grid{xd[0], xd[1], xd[2], (xd[1] + 1) / 2, (xd[2] + 1) / 2};
+  const int64_t tiles = grid.n * grid.th * grid.tw;
+  const int64_t chunk = std::max<int64_t>(
+      1, std::min<int64_t>(tiles, kChunkBytes / (16 * (c + d) * int64_t{sizeof(float)})));
+  Buffer u = Pool().Take(16 * c * d), v = Pool().Take(16 * chunk * c),
+         m = Pool().Take(16 * chunk * d);
+  std::vector<float> zeros(c, 0.0f), sink(d);
+  WinogradWeights(kernel.typed_data(), u.data.get(), c * d);
+  dnnl::engine& engine = Engine();
+  dnnl::stream stream(engine);
+  for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
+    const int64_t t1 = std::min(tiles, t0 + chunk);
+    WinogradInput(x.typed_data(), v.data.get(), zeros.data(), grid, c, t0, t1);
+    BatchedProduct& product = BatchedProductFor(t1 - t0, c, d);
+    std::vector<uint8_t> scratch(product.scratchpad_md.get_size());
+    product.primitive.execute(
+        stream, {{DNNL_ARG_SRC, memory(product.a, engine, v.data.get())},
+                 {DNNL_ARG_WEIGHTS, memory(product.b, engine, u.data.get())},
+                 {DNNL_ARG_DST, memory(product.c, engine, m.data.get())},
+                 {DNNL_ARG_SCRATCHPAD, memory(product.scratchpad_md, engine, scratch.data())}});
+    stream.wait();
+    WinogradOutput(m.data.get(), y->typed_data(), sink.data(), grid, d, t0, t1);
+  }
+  Pool().Give(std::move(u));
+  Pool().Give(std::move(v));
+  Pool().Give(std::move(m));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvWeightGrad, ConvWeightGradImpl, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvForward, ConvForwardImpl, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvInputGrad, ConvInputGradImpl, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthWinogradForward, WinogradForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
