@@ -89,33 +89,35 @@ WINOGRAD_CASES = [  # batch, height, width, in, out
 
 @needs_onednn
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_winograd_forward_and_input_gradient_match_xla(case, monkeypatch):
+def test_winograd_kernels_match_xla(case, monkeypatch):
   """3x3 float32 convolutions with 64+ channels both sides go through the
-  Winograd F(2x2, 3x3) kernel (the program holds its custom call, and no
-  longer does with the kernel switched off); forward and input gradient
-  equal XLA's to float32 rounding (relative max error <= 1e-5; Winograd's
-  transforms add about 1e-6)."""
+  Winograd F(2x2, 3x3) kernels (the program holds their custom calls, and
+  no longer does with them switched off); forward, input gradient and
+  weight gradient equal XLA's to float32 rounding (relative max error
+  <= 1e-5; Winograd's transforms add about 1e-6)."""
   b, h, w, c, d = case
   rng = np.random.RandomState(5)
   x = jnp.asarray(rng.randn(b, h, w, c), jnp.float32)
   kernel = jnp.asarray(rng.randn(3, 3, c, d), jnp.float32)
   y_ref, vjp = jax.vjp(lambda x, k: cpu_conv_grads.lax_conv(x, k, 1, 1), x, kernel)
   dy = jnp.asarray(rng.randn(*y_ref.shape), jnp.float32)
-  dx_ref, _ = vjp(dy)
+  dx_ref, dk_ref = vjp(dy)
 
   def kernels(x, kernel, dy):
     return (onednn.conv_forward(x, kernel, 1, 1),
-            onednn.conv_input_grad(dy, kernel, x.shape, 1, 1))
+            onednn.conv_input_grad(dy, kernel, x.shape, 1, 1),
+            onednn.conv_weight_grad(x, dy, 3, 1, 1))
 
   assert onednn.winograd_suits(x, kernel, 1, 1)
-  assert jax.jit(kernels).lower(x, kernel, dy).as_text().count(onednn._WINOGRAD) == 2
-  y, dx = jax.jit(kernels)(x, kernel, dy)
-  assert relative_max_error(np.asarray(y), np.asarray(y_ref)) <= 1e-5
-  assert relative_max_error(np.asarray(dx), np.asarray(dx_ref)) <= 1e-5
+  text = jax.jit(kernels).lower(x, kernel, dy).as_text()
+  assert text.count(f"@{onednn._WINOGRAD}(") == 2  # forward and input gradient
+  assert text.count(f"@{onednn._WINOGRAD_WEIGHT_GRAD}(") == 1
+  for got, want in zip(jax.jit(kernels)(x, kernel, dy), (y_ref, dx_ref, dk_ref)):
+    assert relative_max_error(np.asarray(got), np.asarray(want)) <= 1e-5
   monkeypatch.setattr(onednn, "_winograd", False)
   # A new function: JAX reuses a function's trace whatever the switch.
   retraced = jax.jit(lambda *operands: kernels(*operands))
-  assert onednn._WINOGRAD not in retraced.lower(x, kernel, dy).as_text()
+  assert "winograd" not in retraced.lower(x, kernel, dy).as_text()
 
 
 @needs_onednn

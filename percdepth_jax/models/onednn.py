@@ -46,6 +46,7 @@ _WEIGHT_GRAD = "percdepth_onednn_conv_weight_grad"
 _INPUT_GRAD = "percdepth_onednn_conv_input_grad"
 _FORWARD = "percdepth_onednn_conv_forward"
 _WINOGRAD = "percdepth_onednn_winograd_forward"
+_WINOGRAD_WEIGHT_GRAD = "percdepth_onednn_winograd_weight_grad"
 # PERCDEPTH_WINOGRAD=0: every convolution through oneDNN's direct primitives.
 _winograd = os.environ.get("PERCDEPTH_WINOGRAD", "1") != "0"
 _log = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ def _register(path: pathlib.Path) -> None:
   for name, symbol in ((_WEIGHT_GRAD, library.PercdepthConvWeightGrad),
                        (_INPUT_GRAD, library.PercdepthConvInputGrad),
                        (_FORWARD, library.PercdepthConvForward),
-                       (_WINOGRAD, library.PercdepthWinogradForward)):
+                       (_WINOGRAD, library.PercdepthWinogradForward),
+                       (_WINOGRAD_WEIGHT_GRAD, library.PercdepthWinogradWeightGrad)):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
 
 
@@ -152,8 +154,13 @@ def conv_weight_grad(x_BxHxWxC: jax.Array, dy_BxHoxWoxD: jax.Array, size: int, s
   """The weight gradient (size x size x C x D, HWIO) of PyTorch's conv2d
   with symmetric zero padding, in x's dtype (float32 or bfloat16); needs
   `available()`."""
-  x_BxHxWxC = _covered(x_BxHxWxC, size, stride, padding)
   c, d = x_BxHxWxC.shape[-1], dy_BxHoxWoxD.shape[-1]
+  kernel = jax.ShapeDtypeStruct((size, size, c, d), x_BxHxWxC.dtype)
+  if (dy_BxHoxWoxD.shape[1:3] == x_BxHxWxC.shape[1:3]
+      and winograd_suits(x_BxHxWxC, kernel, stride, padding)):
+    call = jax.ffi.ffi_call(_WINOGRAD_WEIGHT_GRAD, kernel)
+    return call(x_BxHxWxC, dy_BxHoxWoxD.astype(x_BxHxWxC.dtype))
+  x_BxHxWxC = _covered(x_BxHxWxC, size, stride, padding)
   call = jax.ffi.ffi_call(_WEIGHT_GRAD, jax.ShapeDtypeStruct((size, size, c, d), x_BxHxWxC.dtype))
   return call(x_BxHxWxC, dy_BxHoxWoxD.astype(x_BxHxWxC.dtype),
               stride=np.int64(stride), padding=np.int64(padding))

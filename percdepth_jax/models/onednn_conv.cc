@@ -9,10 +9,11 @@
 // Scratchpads are per call: XLA runs independent custom calls at the same
 // time, and a library-managed scratchpad is shared between them.
 //
-// A fourth handler computes the float32 3x3, stride 1, padding 1 forward
-// pass by Winograd's F(2x2, 3x3) algorithm: 16 multiplications per 2x2
-// output tile instead of 36, the channel mixing as one batched oneDNN
-// matrix product per chunk of tiles, the transforms as vectorised loops.
+// Two more handlers compute the float32 3x3, stride 1, padding 1 forward
+// pass and weight gradient by Winograd's F(2x2, 3x3) algorithm: 16
+// multiplications per 2x2 output tile instead of 36, the channel mixing as
+// one batched oneDNN matrix product per chunk of tiles, the transforms as
+// vectorised loops.
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -383,6 +384,66 @@ void WinogradOutput(const float* m, float* y, float* sink, const TileGrid& grid,
   }
 }
 
+// Weight gradient: with M = V U per tile and y = A^T M A, the gradient of U
+// is sum over tiles of V^T (A dy A^T), and that of the kernel G^T dU G.
+
+// dM[k][t - t0][d] = (A dy A^T)[k] for the 2x2 output tiles of dy (NHWC);
+// pixels past the image's edge read `zeros`.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void WinogradOutputGrad(const float* dy, float* dm, const float* zeros, const TileGrid& grid,
+                        int64_t d, int64_t t0, int64_t t1) {
+  const int64_t tiles = t1 - t0;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t b, y0, x0;
+    grid.Locate(t, &b, &y0, &x0);
+    const float* z[2][2];
+    for (int a = 0; a < 2; ++a)
+      for (int e = 0; e < 2; ++e)
+        z[a][e] = (y0 + a < grid.h && x0 + e < grid.w)
+                      ? dy + ((b * grid.h + y0 + a) * grid.w + x0 + e) * d : zeros;
+    float* out[16];
+    for (int k = 0; k < 16; ++k) out[k] = dm + (k * tiles + (t - t0)) * d;
+#pragma omp simd
+    for (int64_t ch = 0; ch < d; ++ch) {
+      float e[4][2];
+      for (int f = 0; f < 2; ++f) {
+        e[0][f] = z[0][f][ch];
+        e[1][f] = z[0][f][ch] + z[1][f][ch];
+        e[2][f] = z[0][f][ch] - z[1][f][ch];
+        e[3][f] = -z[1][f][ch];
+      }
+      for (int a = 0; a < 4; ++a) {
+        out[a * 4 + 0][ch] = e[a][0];
+        out[a * 4 + 1][ch] = e[a][0] + e[a][1];
+        out[a * 4 + 2][ch] = e[a][0] - e[a][1];
+        out[a * 4 + 3][ch] = -e[a][1];
+      }
+    }
+  }
+}
+
+// The HWIO kernel gradient G^T dU G from dU[k][c][d] (cd = C * D).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void WinogradWeightsGrad(const float* du, float* dg, int64_t cd) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < cd; ++i) {
+    float r[3][4];
+    for (int v = 0; v < 4; ++v) {
+      const float u0 = du[v * cd + i], u1 = du[(4 + v) * cd + i], u2 = du[(8 + v) * cd + i],
+                  u3 = du[(12 + v) * cd + i];
+      r[0][v] = u0 + 0.5f * (u1 + u2);
+      r[1][v] = 0.5f * (u1 - u2);
+      r[2][v] = 0.5f * (u1 + u2) + u3;
+    }
+    for (int a = 0; a < 3; ++a) {
+      dg[(a * 3 + 0) * cd + i] = r[a][0] + 0.5f * (r[a][1] + r[a][2]);
+      dg[(a * 3 + 1) * cd + i] = 0.5f * (r[a][1] - r[a][2]);
+      dg[(a * 3 + 2) * cd + i] = 0.5f * (r[a][1] + r[a][2]) + r[a][3];
+    }
+  }
+}
+
 // The 16 matrix products of a chunk: (16, tiles, C) x (16, C, D).
 struct BatchedProduct {
   dnnl::matmul primitive;
@@ -404,6 +465,36 @@ BatchedProduct& BatchedProductFor(int64_t tiles, int64_t c, int64_t d) {
   entry->c = memory::desc({16, tiles, d}, f32, tag::abc);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto pd = dnnl::matmul::primitive_desc(Engine(), entry->a, entry->b, entry->c, attr);
+  entry->primitive = dnnl::matmul(pd);
+  entry->scratchpad_md = pd.scratchpad_desc();
+  return *cache.emplace(key, std::move(entry)).first->second;
+}
+
+// The weight gradient's 16 products of a chunk, (16, C, tiles) x (16,
+// tiles, D) with the first operand read transposed from V's (16, tiles, C)
+// layout; after the first chunk they add to the result (a sum post-op).
+BatchedProduct& WeightGradProductFor(int64_t tiles, int64_t c, int64_t d, bool accumulate) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int64_t, int64_t, int64_t, bool>, std::unique_ptr<BatchedProduct>>
+      cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_tuple(tiles, c, d, accumulate);
+  auto it = cache.find(key);
+  if (it != cache.end()) return *it->second;
+  using tag = memory::format_tag;
+  auto f32 = memory::data_type::f32;
+  auto entry = std::make_unique<BatchedProduct>();
+  entry->a = memory::desc({16, c, tiles}, f32, memory::dims{tiles * c, 1, c});
+  entry->b = memory::desc({16, tiles, d}, f32, tag::abc);
+  entry->c = memory::desc({16, c, d}, f32, tag::abc);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
   auto pd = dnnl::matmul::primitive_desc(Engine(), entry->a, entry->b, entry->c, attr);
   entry->primitive = dnnl::matmul(pd);
   entry->scratchpad_md = pd.scratchpad_desc();
@@ -483,12 +574,56 @@ ffi::Error WinogradForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> ke
   return ffi::Error::Success();
 }
 
+ffi::Error WinogradWeightGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                  ffi::ResultBuffer<ffi::F32> dk) {
+  auto xd = x.dimensions(), dyd = dy.dimensions(), kd = dk->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || kd.size() != 4 || kd[0] != 3 || kd[1] != 3 ||
+      kd[2] != xd[3] || dyd[0] != xd[0] || dyd[1] != xd[1] || dyd[2] != xd[2] ||
+      dyd[3] != kd[3])
+    return ffi::Error::InvalidArgument(
+        "Winograd weight gradient: NHWC input and output gradient of one size, 3x3 HWIO "
+        "kernel gradient expected");
+  const int64_t c = xd[3], d = kd[3];
+  const TileGrid grid{xd[0], xd[1], xd[2], (xd[1] + 1) / 2, (xd[2] + 1) / 2};
+  const int64_t tiles = grid.n * grid.th * grid.tw;
+  const int64_t chunk = std::max<int64_t>(
+      1, std::min<int64_t>(tiles, kChunkBytes / (16 * (c + d) * int64_t{sizeof(float)})));
+  Buffer du = Pool().Take(16 * c * d), v = Pool().Take(16 * chunk * c),
+         dm = Pool().Take(16 * chunk * d);
+  std::vector<float> zeros(std::max(c, d), 0.0f);
+  dnnl::engine& engine = Engine();
+  dnnl::stream stream(engine);
+  for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
+    const int64_t t1 = std::min(tiles, t0 + chunk);
+    WinogradInput(x.typed_data(), v.data.get(), zeros.data(), grid, c, t0, t1);
+    WinogradOutputGrad(dy.typed_data(), dm.data.get(), zeros.data(), grid, d, t0, t1);
+    BatchedProduct& product = WeightGradProductFor(t1 - t0, c, d, t0 > 0);
+    std::vector<uint8_t> scratch(product.scratchpad_md.get_size());
+    product.primitive.execute(
+        stream, {{DNNL_ARG_SRC, memory(product.a, engine, v.data.get())},
+                 {DNNL_ARG_WEIGHTS, memory(product.b, engine, dm.data.get())},
+                 {DNNL_ARG_DST, memory(product.c, engine, du.data.get())},
+                 {DNNL_ARG_SCRATCHPAD, memory(product.scratchpad_md, engine, scratch.data())}});
+    stream.wait();
+  }
+  WinogradWeightsGrad(du.data.get(), dk->typed_data(), c * d);
+  Pool().Give(std::move(du));
+  Pool().Give(std::move(v));
+  Pool().Give(std::move(dm));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvWeightGrad, ConvWeightGradImpl, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvForward, ConvForwardImpl, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthConvInputGrad, ConvInputGradImpl, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthWinogradForward, WinogradForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthWinogradWeightGrad, WinogradWeightGradImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
