@@ -174,11 +174,12 @@ def conv_input_grad(dy_BxHoxWoxD: jax.Array, kernel_KxKxCxD: jax.Array, input_sh
   size = kernel_KxKxCxD.shape[0]
   # With stride 1 and padding 1 the input gradient of a 3x3 convolution is
   # the same convolution of dy with the kernel turned by 180 degrees and its
-  # channels swapped, which the Winograd kernel computes where it suits.
-  turned_3x3xDxC = jnp.flip(kernel_KxKxCxD, (0, 1)).transpose(0, 1, 3, 2)
+  # channels swapped, which the Winograd kernel computes (reading the kernel
+  # turned) where it suits.
   if dy_BxHoxWoxD.shape[1:3] == (h, w) and winograd_suits(
-      dy_BxHoxWoxD.astype(kernel_KxKxCxD.dtype), turned_3x3xDxC, stride, padding):
-    return conv_forward(dy_BxHoxWoxD.astype(kernel_KxKxCxD.dtype), turned_3x3xDxC, 1, 1)
+      dy_BxHoxWoxD.astype(kernel_KxKxCxD.dtype), kernel_KxKxCxD, stride, padding):
+    call = jax.ffi.ffi_call(_WINOGRAD, jax.ShapeDtypeStruct(input_shape, kernel_KxKxCxD.dtype))
+    return call(dy_BxHoxWoxD.astype(kernel_KxKxCxD.dtype), kernel_KxKxCxD, turned=np.int64(1))
   covered = (b, _covered_size(h, size, stride, padding),
              _covered_size(w, size, stride, padding), c)
   call = jax.ffi.ffi_call(_INPUT_GRAD, jax.ShapeDtypeStruct(covered, kernel_KxKxCxD.dtype))
@@ -212,7 +213,7 @@ def conv_forward(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
   kernel_KxKxCxD = kernel_KxKxCxD.astype(x_BxHxWxC.dtype)
   if winograd_suits(x_BxHxWxC, kernel_KxKxCxD, stride, padding):
     call = jax.ffi.ffi_call(_WINOGRAD, jax.ShapeDtypeStruct(shape, x_BxHxWxC.dtype))
-    return call(x_BxHxWxC, kernel_KxKxCxD)
+    return call(x_BxHxWxC, kernel_KxKxCxD, turned=np.int64(0))
   x_BxHxWxC = _covered(x_BxHxWxC, k, stride, padding)
   call = jax.ffi.ffi_call(_FORWARD, jax.ShapeDtypeStruct(shape, x_BxHxWxC.dtype))
   return call(x_BxHxWxC, kernel_KxKxCxD, stride=np.int64(stride), padding=np.int64(padding))

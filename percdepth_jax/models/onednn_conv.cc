@@ -278,14 +278,20 @@ auto ConvBinding() {
 
 constexpr int64_t kChunkBytes = int64_t{48} << 20;
 
-// U[k][c][d] = (G g G^T)[k] for the HWIO kernel g (cd = C * D).
+// U[k][c][d] = (G g G^T)[k] for the HWIO kernel g (cd = C * D); with
+// `turned`, for g turned by 180 degrees (the input gradient's kernel, whose
+// channel swap the matrix product reads as a transpose).
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void WinogradWeights(const float* g, float* u, int64_t cd) {
+void WinogradWeights(const float* g, float* u, int64_t cd, bool turned) {
+  // Tap (row, column) of the kernel the transform reads: g's own, or turned.
+  int64_t tap[3][3];
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b) tap[a][b] = (turned ? (2 - a) * 3 + (2 - b) : a * 3 + b) * cd;
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < cd; ++i) {
     float q[4][3];
     for (int j = 0; j < 3; ++j) {
-      const float g0 = g[j * cd + i], g1 = g[(3 + j) * cd + i], g2 = g[(6 + j) * cd + i];
+      const float g0 = g[tap[0][j] + i], g1 = g[tap[1][j] + i], g2 = g[tap[2][j] + i];
       q[0][j] = g0;
       q[1][j] = 0.5f * (g0 + g1 + g2);
       q[2][j] = 0.5f * (g0 - g1 + g2);
@@ -450,19 +456,23 @@ struct BatchedProduct {
   memory::desc a, b, c, scratchpad_md;
 };
 
-BatchedProduct& BatchedProductFor(int64_t tiles, int64_t c, int64_t d) {
+// cin -> cout channels; `transposed`: the transformed kernel is stored as
+// (16, cout, cin) (the input gradient's), read as its transpose.
+BatchedProduct& BatchedProductFor(int64_t tiles, int64_t cin, int64_t cout, bool transposed) {
   static std::mutex mutex;
-  static std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<BatchedProduct>> cache;
+  static std::map<std::tuple<int64_t, int64_t, int64_t, bool>, std::unique_ptr<BatchedProduct>>
+      cache;
   std::lock_guard<std::mutex> lock(mutex);
-  auto key = std::make_tuple(tiles, c, d);
+  auto key = std::make_tuple(tiles, cin, cout, transposed);
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
   using tag = memory::format_tag;
   auto f32 = memory::data_type::f32;
   auto entry = std::make_unique<BatchedProduct>();
-  entry->a = memory::desc({16, tiles, c}, f32, tag::abc);
-  entry->b = memory::desc({16, c, d}, f32, tag::abc);
-  entry->c = memory::desc({16, tiles, d}, f32, tag::abc);
+  entry->a = memory::desc({16, tiles, cin}, f32, tag::abc);
+  entry->b = transposed ? memory::desc({16, cin, cout}, f32, memory::dims{cin * cout, 1, cin})
+                        : memory::desc({16, cin, cout}, f32, tag::abc);
+  entry->c = memory::desc({16, tiles, cout}, f32, tag::abc);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto pd = dnnl::matmul::primitive_desc(Engine(), entry->a, entry->b, entry->c, attr);
@@ -537,14 +547,19 @@ BufferPool& Pool() {
   return pool;
 }
 
+// y = x * kernel (3x3 HWIO, C -> D), or with `turned` = 1 the input
+// gradient's convolution x * turned(kernel) of a C x D kernel (x has D
+// channels, y has C).
 ffi::Error WinogradForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                               ffi::ResultBuffer<ffi::F32> y) {
+                               ffi::ResultBuffer<ffi::F32> y, int64_t turned) {
   auto xd = x.dimensions(), kd = kernel.dimensions(), yd = y->dimensions();
+  const int64_t k_in = turned ? 3 : 2, k_out = turned ? 2 : 3;
   if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4 || kd[0] != 3 || kd[1] != 3 ||
-      kd[2] != xd[3] || yd[0] != xd[0] || yd[1] != xd[1] || yd[2] != xd[2] || yd[3] != kd[3])
+      kd[k_in] != xd[3] || yd[0] != xd[0] || yd[1] != xd[1] || yd[2] != xd[2] ||
+      yd[3] != kd[k_out])
     return ffi::Error::InvalidArgument(
         "Winograd convolution: NHWC input, 3x3 HWIO kernel and same-size output expected");
-  const int64_t c = xd[3], d = kd[3];
+  const int64_t c = xd[3], d = yd[3];
   const TileGrid grid{xd[0], xd[1], xd[2], (xd[1] + 1) / 2, (xd[2] + 1) / 2};
   const int64_t tiles = grid.n * grid.th * grid.tw;
   const int64_t chunk = std::max<int64_t>(
@@ -552,13 +567,13 @@ ffi::Error WinogradForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> ke
   Buffer u = Pool().Take(16 * c * d), v = Pool().Take(16 * chunk * c),
          m = Pool().Take(16 * chunk * d);
   std::vector<float> zeros(c, 0.0f), sink(d);
-  WinogradWeights(kernel.typed_data(), u.data.get(), c * d);
+  WinogradWeights(kernel.typed_data(), u.data.get(), c * d, turned != 0);
   dnnl::engine& engine = Engine();
   dnnl::stream stream(engine);
   for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
     const int64_t t1 = std::min(tiles, t0 + chunk);
     WinogradInput(x.typed_data(), v.data.get(), zeros.data(), grid, c, t0, t1);
-    BatchedProduct& product = BatchedProductFor(t1 - t0, c, d);
+    BatchedProduct& product = BatchedProductFor(t1 - t0, c, d, turned != 0);
     std::vector<uint8_t> scratch(product.scratchpad_md.get_size());
     product.primitive.execute(
         stream, {{DNNL_ARG_SRC, memory(product.a, engine, v.data.get())},
@@ -622,7 +637,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthWinogradForward, WinogradForwardImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("turned"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PercdepthWinogradWeightGrad, WinogradWeightGradImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
