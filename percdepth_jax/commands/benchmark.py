@@ -201,7 +201,9 @@ def _print_table(results: dict) -> None:
                               if busy > 0.1 else ""))
   peak = results["peak_flops_per_s"]
   print(f"peak: {'n/a' if peak is None else f'{peak / 1e12:.3f} TFLOP/s'} "
-        f"({results['peak_flops_source']})")
+        f"({results['peak_flops_source']}); FLOPs: XLA's count of the plain program "
+        "(direct convolutions), so Winograd's kernels, doing fewer multiplications, "
+        "can read above the peak")
   print("memory: " + "; ".join(sorted({f"{r['framework']}: {r['peak_memory_source']}"
                                        for e in results["modes"].values()
                                        for r in e.values() if isinstance(r, dict)}))
