@@ -8,13 +8,14 @@ primitive reads the activations in place, and its forward and
 backward-data primitives beat XLA's on the decoder's 3x3 convolutions
 (docs/benchmarks.md). `onednn_conv.cc` wraps the three as XLA FFI handlers
 (primitives cached per shape, a scratchpad per call so that XLA may run
-several at once), and a fourth that computes the wide float32 3x3
-convolutions (forward, and input gradients as convolutions with the
-turned kernel) by Winograd's F(2x2, 3x3) with oneDNN's matrix product,
-1.2-1.7x faster than the direct primitive on the decoder's convolutions. This module compiles that file once per machine with g++
+several at once), and two more compute the wide float32 3x3 convolutions
+by Winograd's F(2x2, 3x3) with oneDNN's matrix product (forward, input
+gradient as the forward of the turned kernel, weight gradient), 1.2-1.7x
+faster than the direct primitives on the decoder's convolutions
+(`winograd_suits`). This module compiles that file once per machine with g++
 against the `onednn-cpu-gomp` wheels (dependencies of the package on Linux
 x86-64), keeps the library under `~/.cache/percdepth_jax` (or
-`$PERCDEPTH_KERNEL_CACHE`), keyed by the source, jaxlib and oneDNN, and
+`$PERCDEPTH_KERNEL_CACHE`), keyed by the source, jaxlib, oneDNN and the flags, and
 registers it with JAX. Where it cannot be built (no compiler, another
 platform, no oneDNN) it logs why once, `available()` is False, and
 `models/convolution.py` keeps its pure-JAX kernels, which compute the same
@@ -191,14 +192,15 @@ def conv_input_grad(dy_BxHoxWoxD: jax.Array, kernel_KxKxCxD: jax.Array, input_sh
 
 def winograd_suits(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
                    padding: int) -> bool:
-  """Whether `conv_forward` computes this convolution by Winograd's
-  F(2x2, 3x3): float32, 3x3, stride 1, padding 1, and channels for which it
+  """Whether this convolution (its forward pass and both gradients) runs by
+  Winograd's F(2x2, 3x3): float32, 3x3, stride 1, padding 1, and channels for which it
   beat oneDNN's direct convolution (docs/benchmarks.md: 1.2-1.7x on the
   decoder's convolutions; not with 32 or 64 channels on either side).
   `PERCDEPTH_WINOGRAD=0` in the environment turns it off."""
   k, _, c, d = kernel_KxKxCxD.shape
-  return (_winograd and k == 3 and stride == 1 and padding == 1 and x_BxHxWxC.dtype == jnp.float32
-          and kernel_KxKxCxD.dtype == jnp.float32 and min(c, d) >= 64 and max(c, d) >= 128)
+  return (_winograd and k == 3 and stride == 1 and padding == 1
+          and x_BxHxWxC.dtype == jnp.float32 and kernel_KxKxCxD.dtype == jnp.float32
+          and min(c, d) >= 64 and max(c, d) >= 128)
 
 
 def conv_forward(x_BxHxWxC: jax.Array, kernel_KxKxCxD: jax.Array, stride: int,
