@@ -450,54 +450,45 @@ void WinogradWeightsGrad(const float* du, float* dg, int64_t cd) {
   }
 }
 
-// The 16 matrix products of a chunk: (16, tiles, C) x (16, C, D).
+// 16 matrix products (m x k) x (k x n) of one chunk, each operand stored
+// row-major or (`*_transposed`) as its transpose; with `accumulate` they add
+// to the result (a sum post-op). Forward: (tiles x C) x (C x D); the input
+// gradient reads its transformed kernel transposed; weight gradient:
+// (C x tiles) x (tiles x D) with V read transposed, summed over chunks.
 struct BatchedProduct {
   dnnl::matmul primitive;
   memory::desc a, b, c, scratchpad_md;
+
+  void Run(dnnl::stream& stream, float* a_data, float* b_data, float* c_data) {
+    dnnl::engine& engine = Engine();
+    std::vector<uint8_t> scratch(scratchpad_md.get_size());
+    primitive.execute(stream, {{DNNL_ARG_SRC, memory(a, engine, a_data)},
+                               {DNNL_ARG_WEIGHTS, memory(b, engine, b_data)},
+                               {DNNL_ARG_DST, memory(c, engine, c_data)},
+                               {DNNL_ARG_SCRATCHPAD, memory(scratchpad_md, engine, scratch.data())}});
+    stream.wait();
+  }
 };
 
-// cin -> cout channels; `transposed`: the transformed kernel is stored as
-// (16, cout, cin) (the input gradient's), read as its transpose.
-BatchedProduct& BatchedProductFor(int64_t tiles, int64_t cin, int64_t cout, bool transposed) {
-  static std::mutex mutex;
-  static std::map<std::tuple<int64_t, int64_t, int64_t, bool>, std::unique_ptr<BatchedProduct>>
-      cache;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto key = std::make_tuple(tiles, cin, cout, transposed);
-  auto it = cache.find(key);
-  if (it != cache.end()) return *it->second;
-  using tag = memory::format_tag;
-  auto f32 = memory::data_type::f32;
-  auto entry = std::make_unique<BatchedProduct>();
-  entry->a = memory::desc({16, tiles, cin}, f32, tag::abc);
-  entry->b = transposed ? memory::desc({16, cin, cout}, f32, memory::dims{cin * cout, 1, cin})
-                        : memory::desc({16, cin, cout}, f32, tag::abc);
-  entry->c = memory::desc({16, tiles, cout}, f32, tag::abc);
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto pd = dnnl::matmul::primitive_desc(Engine(), entry->a, entry->b, entry->c, attr);
-  entry->primitive = dnnl::matmul(pd);
-  entry->scratchpad_md = pd.scratchpad_desc();
-  return *cache.emplace(key, std::move(entry)).first->second;
+memory::desc BatchOfMatrices(int64_t rows, int64_t columns, bool transposed) {
+  return memory::desc({16, rows, columns}, memory::data_type::f32,
+                      transposed ? memory::dims{rows * columns, 1, rows}
+                                 : memory::dims{rows * columns, columns, 1});
 }
 
-// The weight gradient's 16 products of a chunk, (16, C, tiles) x (16,
-// tiles, D) with the first operand read transposed from V's (16, tiles, C)
-// layout; after the first chunk they add to the result (a sum post-op).
-BatchedProduct& WeightGradProductFor(int64_t tiles, int64_t c, int64_t d, bool accumulate) {
+BatchedProduct& BatchedProductFor(int64_t m, int64_t k, int64_t n, bool a_transposed,
+                                  bool b_transposed, bool accumulate) {
   static std::mutex mutex;
-  static std::map<std::tuple<int64_t, int64_t, int64_t, bool>, std::unique_ptr<BatchedProduct>>
-      cache;
+  static std::map<std::tuple<int64_t, int64_t, int64_t, bool, bool, bool>,
+                  std::unique_ptr<BatchedProduct>> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  auto key = std::make_tuple(tiles, c, d, accumulate);
+  auto key = std::make_tuple(m, k, n, a_transposed, b_transposed, accumulate);
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
-  using tag = memory::format_tag;
-  auto f32 = memory::data_type::f32;
   auto entry = std::make_unique<BatchedProduct>();
-  entry->a = memory::desc({16, c, tiles}, f32, memory::dims{tiles * c, 1, c});
-  entry->b = memory::desc({16, tiles, d}, f32, tag::abc);
-  entry->c = memory::desc({16, c, d}, f32, tag::abc);
+  entry->a = BatchOfMatrices(m, k, a_transposed);
+  entry->b = BatchOfMatrices(k, n, b_transposed);
+  entry->c = BatchOfMatrices(m, n, false);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (accumulate) {
@@ -509,6 +500,13 @@ BatchedProduct& WeightGradProductFor(int64_t tiles, int64_t c, int64_t d, bool a
   entry->primitive = dnnl::matmul(pd);
   entry->scratchpad_md = pd.scratchpad_desc();
   return *cache.emplace(key, std::move(entry)).first->second;
+}
+
+// Tiles per chunk: the transformed input and products of a C -> D
+// convolution within kChunkBytes.
+int64_t ChunkTiles(int64_t tiles, int64_t c, int64_t d) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>(tiles, kChunkBytes / (16 * (c + d) * int64_t{sizeof(float)})));
 }
 
 // Work buffers handed from call to call (fresh allocations of this size
@@ -562,25 +560,17 @@ ffi::Error WinogradForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> ke
   const int64_t c = xd[3], d = yd[3];
   const TileGrid grid{xd[0], xd[1], xd[2], (xd[1] + 1) / 2, (xd[2] + 1) / 2};
   const int64_t tiles = grid.n * grid.th * grid.tw;
-  const int64_t chunk = std::max<int64_t>(
-      1, std::min<int64_t>(tiles, kChunkBytes / (16 * (c + d) * int64_t{sizeof(float)})));
+  const int64_t chunk = ChunkTiles(tiles, c, d);
   Buffer u = Pool().Take(16 * c * d), v = Pool().Take(16 * chunk * c),
          m = Pool().Take(16 * chunk * d);
   std::vector<float> zeros(c, 0.0f), sink(d);
   WinogradWeights(kernel.typed_data(), u.data.get(), c * d, turned != 0);
-  dnnl::engine& engine = Engine();
-  dnnl::stream stream(engine);
+  dnnl::stream stream(Engine());
   for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
     const int64_t t1 = std::min(tiles, t0 + chunk);
     WinogradInput(x.typed_data(), v.data.get(), zeros.data(), grid, c, t0, t1);
-    BatchedProduct& product = BatchedProductFor(t1 - t0, c, d, turned != 0);
-    std::vector<uint8_t> scratch(product.scratchpad_md.get_size());
-    product.primitive.execute(
-        stream, {{DNNL_ARG_SRC, memory(product.a, engine, v.data.get())},
-                 {DNNL_ARG_WEIGHTS, memory(product.b, engine, u.data.get())},
-                 {DNNL_ARG_DST, memory(product.c, engine, m.data.get())},
-                 {DNNL_ARG_SCRATCHPAD, memory(product.scratchpad_md, engine, scratch.data())}});
-    stream.wait();
+    BatchedProductFor(t1 - t0, c, d, false, turned != 0, false)
+        .Run(stream, v.data.get(), u.data.get(), m.data.get());
     WinogradOutput(m.data.get(), y->typed_data(), sink.data(), grid, d, t0, t1);
   }
   Pool().Give(std::move(u));
@@ -601,25 +591,17 @@ ffi::Error WinogradWeightGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32>
   const int64_t c = xd[3], d = kd[3];
   const TileGrid grid{xd[0], xd[1], xd[2], (xd[1] + 1) / 2, (xd[2] + 1) / 2};
   const int64_t tiles = grid.n * grid.th * grid.tw;
-  const int64_t chunk = std::max<int64_t>(
-      1, std::min<int64_t>(tiles, kChunkBytes / (16 * (c + d) * int64_t{sizeof(float)})));
+  const int64_t chunk = ChunkTiles(tiles, c, d);
   Buffer du = Pool().Take(16 * c * d), v = Pool().Take(16 * chunk * c),
          dm = Pool().Take(16 * chunk * d);
   std::vector<float> zeros(std::max(c, d), 0.0f);
-  dnnl::engine& engine = Engine();
-  dnnl::stream stream(engine);
+  dnnl::stream stream(Engine());
   for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
     const int64_t t1 = std::min(tiles, t0 + chunk);
     WinogradInput(x.typed_data(), v.data.get(), zeros.data(), grid, c, t0, t1);
     WinogradOutputGrad(dy.typed_data(), dm.data.get(), zeros.data(), grid, d, t0, t1);
-    BatchedProduct& product = WeightGradProductFor(t1 - t0, c, d, t0 > 0);
-    std::vector<uint8_t> scratch(product.scratchpad_md.get_size());
-    product.primitive.execute(
-        stream, {{DNNL_ARG_SRC, memory(product.a, engine, v.data.get())},
-                 {DNNL_ARG_WEIGHTS, memory(product.b, engine, dm.data.get())},
-                 {DNNL_ARG_DST, memory(product.c, engine, du.data.get())},
-                 {DNNL_ARG_SCRATCHPAD, memory(product.scratchpad_md, engine, scratch.data())}});
-    stream.wait();
+    BatchedProductFor(c, t1 - t0, d, true, false, t0 > 0)
+        .Run(stream, v.data.get(), dm.data.get(), du.data.get());
   }
   WinogradWeightsGrad(du.data.get(), dk->typed_data(), c * d);
   Pool().Give(std::move(du));
